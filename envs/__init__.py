@@ -1,0 +1,53 @@
+"""The tool machine task: a Gymnasium environment, its rules, and an oracle.
+
+This package knows nothing of Ray: it is plain Python, numpy and Gymnasium.
+"""
+
+from envs.machine import (
+    ACTION_NAMES,
+    ADD,
+    ANS,
+    MUL,
+    NUM_ACTIONS,
+    RCL,
+    STO,
+    SUB,
+    MachineState,
+    apply_tool,
+    stage_target,
+)
+from envs.oracle import general_program, shortest_program
+from envs.tool_machine import (
+    CONTEXT_LEN,
+    CONTEXT_VOCAB,
+    NUM_STAGES,
+    PAD_TOKEN,
+    START_ACTION,
+    VARIANTS,
+    ToolMachineEnv,
+    observation_layout,
+)
+
+__all__ = [
+    "ACTION_NAMES",
+    "ADD",
+    "ANS",
+    "CONTEXT_LEN",
+    "CONTEXT_VOCAB",
+    "MUL",
+    "NUM_ACTIONS",
+    "NUM_STAGES",
+    "PAD_TOKEN",
+    "RCL",
+    "START_ACTION",
+    "STO",
+    "SUB",
+    "VARIANTS",
+    "MachineState",
+    "ToolMachineEnv",
+    "apply_tool",
+    "general_program",
+    "observation_layout",
+    "shortest_program",
+    "stage_target",
+]

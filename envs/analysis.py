@@ -1,0 +1,181 @@
+"""Exhaustive facts about the task, computed over every context of a stage.
+
+Which tools apply never depends on the digits (only on which registers are empty
+and how far the cursor is), so a fixed program follows one control path on every
+context. That lets us run a program on all 10^5 contexts at once with numpy,
+and walk the tree of all programs depth first, sharing prefixes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+
+from envs.machine import (
+    ADD,
+    ANS,
+    ARITHMETIC,
+    MUL,
+    RCL,
+    SEED_EPISODE_TOKENS,
+    STAGE_DIGITS,
+    STO,
+    SUB,
+)
+
+
+@cache
+def all_contexts(num_digits: int) -> np.ndarray:
+    """Every context of ``num_digits`` digits, shape ``[10**n, n]``, lexicographic."""
+    grid = np.array(list(itertools.product(range(10), repeat=num_digits)), dtype=np.int64)
+    grid.setflags(write=False)
+    return grid
+
+
+def targets(stage: int, contexts: np.ndarray) -> np.ndarray:
+    a, b, c = contexts[:, 0], contexts[:, 1], contexts[:, 2]
+    if stage == 0:
+        return a * b + c
+    if stage == 1:
+        return a * b + c - contexts[:, 3]
+    return (a * b + c) - contexts[:, 3] * contexts[:, 4]
+
+
+def _combine(tool: int, left, right):
+    if tool == MUL:
+        return left * right
+    if tool == ADD:
+        return left + right
+    return left - right
+
+
+_IDENTITY = {MUL: 1, ADD: 0, SUB: 0}
+
+
+@dataclass(frozen=True)
+class _Branch:
+    """The exact machine over many contexts: control scalar, registers arrays."""
+
+    acc: np.ndarray | None
+    mem: np.ndarray | None
+    cursor: int
+    armed: bool
+
+    def step(self, tool: int, contexts: np.ndarray) -> _Branch | None:
+        """The next branch, or None when ``tool`` cannot apply (a wasted step)."""
+        if tool in ARITHMETIC:
+            if self.armed:
+                right = _IDENTITY[tool] if self.acc is None else self.acc
+                return _Branch(_combine(tool, self.mem, right), None, self.cursor, False)
+            if self.cursor >= contexts.shape[1]:
+                return None
+            left = _IDENTITY[tool] if self.acc is None else self.acc
+            acc = _combine(tool, left, contexts[:, self.cursor])
+            return _Branch(acc, self.mem, self.cursor + 1, False)
+        if tool == STO:
+            return None if self.acc is None else _Branch(None, self.acc, self.cursor, self.armed)
+        if tool == RCL:
+            return None if self.mem is None else _Branch(self.acc, self.mem, self.cursor, True)
+        raise ValueError(f"not a non-submitting tool: {tool}")
+
+
+def exact_programs(
+    contexts: np.ndarray, max_len: int, tools=(MUL, ADD, SUB, STO, RCL)
+) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
+    """Every program of at most ``max_len`` actions ending in ``ANS`` with no wasted
+    step, and its submitted value on each context (rows with empty ``acc`` never
+    yield: submitting nothing is never correct)."""
+
+    def walk(branch: _Branch, prefix: tuple[int, ...]):
+        if branch.acc is not None:
+            yield prefix + (ANS,), branch.acc
+        if len(prefix) + 1 >= max_len:
+            return
+        for tool in tools:
+            nxt = branch.step(tool, contexts)
+            if nxt is not None:
+                yield from walk(nxt, prefix + (tool,))
+
+    yield from walk(_Branch(None, None, 0, False), ())
+
+
+def memory_free_solvable(stage: int, contexts: np.ndarray | None = None) -> np.ndarray:
+    """Per context: does some program without STO/RCL submit the target?"""
+    contexts = all_contexts(STAGE_DIGITS[stage]) if contexts is None else contexts
+    want = targets(stage, contexts)
+    hit = np.zeros(len(contexts), dtype=bool)
+    for _, answers in exact_programs(contexts, max_len=contexts.shape[1] + 1, tools=ARITHMETIC):
+        hit |= answers == want
+    return hit
+
+
+@cache
+def memory_required_contexts(stage: int = 2) -> np.ndarray:
+    """The contexts of ``stage`` that no memory-free program solves, ``[n, digits]``."""
+    contexts = all_contexts(STAGE_DIGITS[stage])
+    required = contexts[~memory_free_solvable(stage, contexts)]
+    required.setflags(write=False)
+    return required
+
+
+# --------------------------------------------------------------------------------------
+# The seed variant: its control path (is ``last`` set, what is ``mem``) is also
+# independent of the digits, so the same trick applies.
+
+
+def seed_programs(stage: int) -> Iterator[tuple[tuple[int, ...], np.ndarray, np.ndarray]]:
+    """Every token sequence the tutorial's env can score (``ANS`` within 6 tokens),
+    with its reward and its submitted value on all 10^5 drawn contexts
+    (``last`` none is reported as a value no target can equal)."""
+    ctx = all_contexts(5)
+    a, b, c, d, e = (ctx[:, i] for i in range(5))
+    goal0 = a * b
+    goal1 = goal0 + c
+    goal2 = goal1 - d
+    goal3 = d * e
+    goal4 = goal1 - goal3
+    checked = (goal0, goal1, goal2)[stage]
+    never = np.full(len(ctx), np.iinfo(np.int64).min)
+
+    def reward(last):
+        if last is None:
+            return np.zeros(len(ctx)), never
+        eq = lambda g: (last == g).astype(np.float64)  # noqa: E731
+        if stage == 0:
+            shaped = 0.25 * eq(goal0) + 0.5 * eq(goal1)
+        elif stage == 1:
+            shaped = 0.25 * eq(goal0) + 0.5 * eq(goal1) + 0.75 * eq(goal2)
+        else:
+            shaped = 0.2 * eq(goal0) + 0.4 * eq(goal1) + 0.6 * eq(goal4) + 0.6 * eq(goal3)
+        return eq(checked) + 0.2 * shaped, last
+
+    def walk(last, mem, prefix):
+        r, value = reward(last)
+        yield prefix + (ANS,), r, value
+        if len(prefix) + 1 >= SEED_EPISODE_TOKENS:
+            return
+        for tool in (MUL, ADD, SUB, STO, RCL):
+            new_last, new_mem = last, mem
+            if tool == MUL:
+                new_last = goal0 if last is None else last * (d if stage >= 1 else 1)
+            elif tool == ADD and last is not None:
+                new_last = last + c
+            elif tool == SUB and last is not None:
+                if stage == 2 and mem == "use_d":
+                    new_last = last - e
+                else:
+                    new_last = last - (d if stage >= 1 else 0)
+            elif tool == STO:
+                new_mem = "use_d" if stage >= 1 else "ok"
+            elif tool == RCL and mem is not None:
+                if stage == 2 and mem == "use_d":
+                    new_last = goal3
+                elif last is None:
+                    new_last = np.zeros(len(ctx), dtype=np.int64)
+            yield from walk(new_last, new_mem, prefix + (tool,))
+
+    yield from walk(None, None, ())

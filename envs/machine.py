@@ -1,0 +1,170 @@
+"""The rules of the tool machine, as plain functions (spec: shared/spec/tool-machine.md).
+
+Two rule sets live here:
+
+* ``exact`` (the default): the machine the tutorial meant. An accumulator, one
+  memory slot, a read cursor over the context digits and an *armed* flag.
+* ``seed``: the tutorial's environment reproduced token for token, kept so its
+  defects can be measured against ``exact``.
+
+Both are written as small pure functions on a state value so that the Gymnasium
+env, the oracle and the brute-force tests share one definition of every rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+MUL, ADD, SUB, STO, RCL, ANS = range(6)
+ACTION_NAMES = ("MUL", "ADD", "SUB", "STO", "RCL", "ANS")
+NUM_ACTIONS = len(ACTION_NAMES)
+ARITHMETIC = (MUL, ADD, SUB)
+
+#: Context digits shown per stage (stages 0-2).
+STAGE_DIGITS = {0: 3, 1: 4, 2: 5}
+
+
+def stage_target(stage: int, digits: Sequence[int]) -> int:
+    """The value the agent must submit at ``stage`` for context ``digits``."""
+    a, b, c = digits[0], digits[1], digits[2]
+    if stage == 0:
+        return a * b + c
+    if stage == 1:
+        return a * b + c - digits[3]
+    if stage == 2:
+        return (a * b + c) - (digits[3] * digits[4])
+    raise ValueError(f"stage must be 0, 1 or 2, got {stage!r}")
+
+
+def _combine(tool: int, left: int, right: int) -> int:
+    if tool == MUL:
+        return left * right
+    if tool == ADD:
+        return left + right
+    return left - right
+
+
+_IDENTITY = {MUL: 1, ADD: 0, SUB: 0}
+
+
+@dataclass(frozen=True)
+class MachineState:
+    """Registers of the ``exact`` machine. ``None`` means empty."""
+
+    acc: int | None = None
+    mem: int | None = None
+    cursor: int = 0
+    armed: bool = False
+    submitted: bool = False
+
+
+def tool_applies(state: MachineState, tool: int, num_digits: int) -> bool:
+    """Whether ``tool`` changes the machine (inapplicable tools only use a step)."""
+    if tool in ARITHMETIC:
+        return state.armed or state.cursor < num_digits
+    if tool == STO:
+        return state.acc is not None
+    if tool == RCL:
+        return state.mem is not None
+    return tool == ANS
+
+
+def apply_tool(state: MachineState, tool: int, digits: Sequence[int]) -> MachineState:
+    """One step of the ``exact`` machine. Unknown or inapplicable tools change nothing."""
+    if not tool_applies(state, tool, len(digits)):
+        return state
+    if tool in ARITHMETIC:
+        if state.armed:
+            right = _IDENTITY[tool] if state.acc is None else state.acc
+            return replace(state, acc=_combine(tool, state.mem, right), mem=None, armed=False)
+        left = _IDENTITY[tool] if state.acc is None else state.acc
+        return replace(
+            state, acc=_combine(tool, left, digits[state.cursor]), cursor=state.cursor + 1
+        )
+    if tool == STO:
+        return replace(state, mem=state.acc, acc=None)
+    if tool == RCL:
+        return replace(state, armed=True)
+    return replace(state, submitted=True)
+
+
+def run_program(program: Sequence[int], digits: Sequence[int], max_steps: int) -> int | None:
+    """Run ``program`` on the exact machine; the submitted value, or None without ANS."""
+    state = MachineState()
+    for tool in program[:max_steps]:
+        state = apply_tool(state, tool, digits)
+        if state.submitted:
+            return state.acc
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# The tutorial's rules (the ``seed`` variant). Values named as in the spec.
+
+SEED_EPISODE_TOKENS = 6
+
+
+@dataclass(frozen=True)
+class SeedState:
+    last: int | None = None
+    mem: str | None = None
+    submitted: bool = False
+
+
+def seed_goals(digits: Sequence[int]) -> tuple[int, int, int, int, int]:
+    a, b, c, d, e = digits
+    goal0 = a * b
+    goal1 = goal0 + c
+    goal2 = goal1 - d
+    goal3 = d * e
+    return goal0, goal1, goal2, goal3, goal1 - goal3
+
+
+def seed_apply(state: SeedState, tool: int, digits: Sequence[int], stage: int) -> SeedState:
+    """One token of the tutorial's env. ``digits`` are all five drawn digits."""
+    a, b, c, d, e = digits
+    last, mem = state.last, state.mem
+    if tool == MUL:
+        if last is None:
+            last = a * b
+        else:
+            last *= d if stage >= 1 else 1
+    elif tool == ADD:
+        if last is not None:
+            last += c
+    elif tool == SUB:
+        if last is not None:
+            if stage == 2 and mem == "use_d":
+                last -= e
+            else:
+                last -= d if stage >= 1 else 0
+    elif tool == STO:
+        mem = "use_d" if stage >= 1 else "ok"
+    elif tool == RCL:
+        if mem is not None:
+            if stage == 2 and mem == "use_d":
+                last = d * e
+            elif last is None:
+                last = 0
+    elif tool == ANS:
+        return replace(state, submitted=True)
+    return SeedState(last=last, mem=mem)
+
+
+def seed_reward(last: int | None, digits: Sequence[int], stage: int) -> float:
+    """The tutorial's reward at ``ANS``: it checks the target one stage behind."""
+    goal0, goal1, goal2, goal3, goal4 = seed_goals(digits)
+    checked = (goal0, goal1, goal2)[stage]
+    if stage == 0:
+        shaped = 0.25 * (last == goal0) + 0.5 * (last == goal1)
+    elif stage == 1:
+        shaped = 0.25 * (last == goal0) + 0.5 * (last == goal1) + 0.75 * (last == goal2)
+    else:
+        shaped = (
+            0.2 * (last == goal0)
+            + 0.4 * (last == goal1)
+            + 0.6 * (last == goal4)
+            + 0.6 * (last == goal3)
+        )
+    return 1.0 * (last == checked) + 0.2 * shaped

@@ -1,0 +1,218 @@
+"""``ToolMachineEnv``: the tool machine as a Gymnasium environment.
+
+The agent reads a context of digits and emits tool tokens (``MUL ADD SUB STO RCL
+ANS``) that drive the machine in ``envs.machine``. It never sees the machine's
+registers: only the context, the stage and its own previous action (plus, when
+``action_mask`` is on, which tools can apply now).
+
+Observation: one flat ``int64`` vector, laid out as ``observation_layout()`` says::
+
+    [context tokens (CONTEXT_LEN, PAD-padded) | stage | previous action | mask (6)]
+
+A flat vector keeps RLlib's connectors cheap (no dict traversal per step); the
+module slices it with the offsets it is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from envs.machine import (
+    ANS,
+    NUM_ACTIONS,
+    SEED_EPISODE_TOKENS,
+    STAGE_DIGITS,
+    MachineState,
+    SeedState,
+    apply_tool,
+    seed_apply,
+    seed_reward,
+    stage_target,
+    tool_applies,
+)
+
+VARIANTS = ("exact", "seed")
+NUM_STAGES = len(STAGE_DIGITS)
+#: Longest context of any stage; shorter ones are padded with ``PAD_TOKEN``.
+CONTEXT_LEN = max(STAGE_DIGITS.values())
+#: Context tokens: digits 0-9, three operator tokens reserved for expression
+#: stages, then padding.
+PAD_TOKEN = 13
+CONTEXT_VOCAB = 14
+#: The previous-action field at the first step of an episode.
+START_ACTION = NUM_ACTIONS
+DEFAULT_MAX_STEPS = 12
+
+_CONFIG_KEYS = ("variant", "stage", "max_steps", "action_mask")
+
+
+def observation_layout() -> dict[str, int]:
+    """Offsets and sizes a model needs to read the flat observation."""
+    return {
+        "context_len": CONTEXT_LEN,
+        "context_vocab": CONTEXT_VOCAB,
+        "stage_index": CONTEXT_LEN,
+        "num_stages": NUM_STAGES,
+        "prev_action_index": CONTEXT_LEN + 1,
+        "start_action": START_ACTION,
+        "mask_index": CONTEXT_LEN + 2,
+        "num_actions": NUM_ACTIONS,
+    }
+
+
+def _check_stage(stage: Any) -> int:
+    if isinstance(stage, bool) or not isinstance(stage, (int, np.integer)):
+        raise ValueError(f"stage must be an integer in 0..{NUM_STAGES - 1}, got {stage!r}")
+    if not 0 <= stage < NUM_STAGES:
+        raise ValueError(f"stage must be in 0..{NUM_STAGES - 1}, got {stage}")
+    return int(stage)
+
+
+class ToolMachineEnv(gym.Env):
+    """The tool machine task, ``exact`` or ``seed`` variant, stages 0-2.
+
+    Args:
+        config: RLlib's ``env_config`` (or any mapping) with optional keys
+            ``variant`` ("exact" | "seed"), ``stage`` (0-2), ``max_steps``
+            (exact variant only; the seed variant always reads 6 tokens) and
+            ``action_mask`` (bool: expose the tools that can apply now).
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, config: Mapping[str, Any] | None = None):
+        config = dict(config or {})
+        unknown = sorted(k for k in config if k not in _CONFIG_KEYS)
+        if unknown:
+            raise ValueError(f"unknown env config key(s) {unknown}; allowed: {list(_CONFIG_KEYS)}")
+        self.variant = config.get("variant", "exact")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {list(VARIANTS)}, got {self.variant!r}")
+        if self.variant == "seed":
+            self.max_steps = SEED_EPISODE_TOKENS
+        else:
+            self.max_steps = config.get("max_steps", DEFAULT_MAX_STEPS)
+            if isinstance(self.max_steps, bool) or not isinstance(
+                self.max_steps, (int, np.integer)
+            ) or self.max_steps < 1:
+                raise ValueError(f"max_steps must be an integer >= 1, got {self.max_steps!r}")
+        self.use_action_mask = bool(config.get("action_mask", False))
+        self._stage_weights = np.eye(NUM_STAGES)[_check_stage(config.get("stage", 0))]
+
+        width = CONTEXT_LEN + 2 + NUM_ACTIONS
+        high = np.full(width, max(CONTEXT_VOCAB - 1, START_ACTION), dtype=np.int64)
+        self.observation_space = gym.spaces.Box(0, high, shape=(width,), dtype=np.int64)
+        self.action_space = gym.spaces.Discrete(NUM_ACTIONS)
+
+        self.stage = 0
+        self.digits: tuple[int, ...] = ()
+        self._state: MachineState | SeedState = MachineState()
+        self._steps = 0
+        self._prev_action = START_ACTION
+
+    # -- curriculum --------------------------------------------------------------
+    def set_stage(self, stage: int) -> None:
+        """Train on ``stage`` from the next episode on (the current one finishes)."""
+        self._stage_weights = np.eye(NUM_STAGES)[_check_stage(stage)]
+
+    def set_stage_weights(self, weights: Sequence[float]) -> None:
+        """Draw each next episode's stage from these (unnormalised) weights."""
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != (NUM_STAGES,) or np.any(w < 0) or not np.isfinite(w).all() or w.sum() <= 0:
+            raise ValueError(
+                f"stage weights must be {NUM_STAGES} non-negative numbers with a positive "
+                f"sum, got {list(weights)!r}"
+            )
+        self._stage_weights = w / w.sum()
+
+    @property
+    def stage_weights(self) -> np.ndarray:
+        return self._stage_weights.copy()
+
+    # -- gymnasium API -------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        options = options or {}
+        if "stage" in options:
+            self.stage = _check_stage(options["stage"])
+        else:
+            self.stage = int(self.np_random.choice(NUM_STAGES, p=self._stage_weights))
+        if "digits" in options:
+            digits = tuple(int(x) for x in options["digits"])
+        else:
+            # The tutorial draws all five digits at every stage; so do we, which
+            # keeps both variants on one random stream.
+            digits = tuple(int(x) for x in self.np_random.integers(0, 10, size=5))
+        self.digits = digits if self.variant == "seed" else digits[: STAGE_DIGITS[self.stage]]
+        self._state = SeedState() if self.variant == "seed" else MachineState()
+        self._steps = 0
+        self._prev_action = START_ACTION
+        return self._observation(), {"stage": self.stage}
+
+    def step(self, action):
+        action = int(action)
+        self._steps += 1
+        if self.variant == "seed":
+            self._state = seed_apply(self._state, action, self.digits, self.stage)
+            answer = self._state.last
+        else:
+            self._state = apply_tool(self._state, action, self.digits)
+            answer = self._state.acc
+        self._prev_action = action
+        terminated = action == ANS
+        truncated = not terminated and self._steps >= self.max_steps
+        reward = 0.0
+        info: dict[str, Any] = {"stage": self.stage}
+        if terminated or truncated:
+            # Every value a plain scalar of a fixed type: gymnasium's vector envs
+            # pack infos into typed arrays.
+            submitted = answer if terminated else None
+            correct = submitted is not None and submitted == self.target
+            if terminated:
+                reward = seed_reward(submitted, self.digits, self.stage) if self.variant == "seed" else float(correct)
+            info.update(
+                target=self.target,
+                answered=submitted is not None,
+                answer=0 if submitted is None else int(submitted),
+                correct=bool(correct),
+                steps=self._steps,
+            )
+        return self._observation(), reward, terminated, truncated, info
+
+    # -- helpers --------------------------------------------------------------------
+    @property
+    def shown_digits(self) -> tuple[int, ...]:
+        """The digits the agent reads (the seed variant draws five, shows fewer)."""
+        return self.digits[: STAGE_DIGITS[self.stage]]
+
+    @property
+    def target(self) -> int:
+        """The stated target of the stage: what a correct answer equals.
+
+        For the ``seed`` variant this is *not* what its reward pays (that is one
+        stage behind, see ``seed_reward``); accuracy is always against this one.
+        """
+        return stage_target(self.stage, self.digits)
+
+    def action_mask(self) -> np.ndarray:
+        """1 for each tool that can apply now (all ones for the seed variant)."""
+        if self.variant == "seed":
+            return np.ones(NUM_ACTIONS, dtype=np.int64)
+        n = len(self.digits)
+        return np.array(
+            [tool_applies(self._state, t, n) for t in range(NUM_ACTIONS)], dtype=np.int64
+        )
+
+    def _observation(self) -> np.ndarray:
+        obs = np.empty(self.observation_space.shape, dtype=np.int64)
+        shown = self.shown_digits
+        obs[: len(shown)] = shown
+        obs[len(shown) : CONTEXT_LEN] = PAD_TOKEN
+        obs[CONTEXT_LEN] = self.stage
+        obs[CONTEXT_LEN + 1] = self._prev_action
+        obs[CONTEXT_LEN + 2 :] = self.action_mask() if self.use_action_mask else 1
+        return obs

@@ -1,0 +1,136 @@
+"""``ToolAgentGRUModule``: a stage-aware GRU actor-critic as an RLlib ``TorchRLModule``.
+
+How it reads the flat observation (offsets come from ``model_config``, so this
+module knows RLModule but not the env):
+
+* the context tokens are embedded and *concatenated in order* (so position
+  matters: ``a*b+c`` is not ``b*c+a``), joined with a stage embedding and
+  encoded into context features ``x``;
+* at an episode's first step (previous action == the start token) the hidden
+  state is set to ``tanh(W x)``: a context-dependent initial state, computed
+  inside the module because RLlib's initial state is constant;
+* every step feeds ``[embed(previous action), x]`` to a GRU cell; policy and
+  value heads read the GRU output;
+* where the observation carries an action mask, masked tools get a logit of
+  ``-1e9`` (all ones when the env's mask is off, so nothing changes).
+
+Each row of a batch uses its own context (the tutorial broadcast a ``[B, d]``
+context mean against ``[B, 1, d]`` and gave every row the batch mean).
+
+Zero-padded steps (learner batches are padded to ``max_seq_len``) have previous
+action 0, not the start token, so they never reset the state.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
+from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
+from ray.rllib.utils.annotations import override
+from torch import nn
+
+MASKED_LOGIT = -1e9
+
+#: model_config keys the module needs; the app fills them from the env's layout.
+REQUIRED_KEYS = (
+    "context_len",
+    "context_vocab",
+    "stage_index",
+    "num_stages",
+    "prev_action_index",
+    "start_action",
+    "mask_index",
+    "num_actions",
+)
+
+
+class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI):
+    """Stage-aware GRU actor-critic. ``model_config``: the layout keys in
+    ``REQUIRED_KEYS`` plus ``hidden_size`` (128), ``embed_dim`` (32) and
+    ``max_seq_len`` (RLlib needs it for stateful modules)."""
+
+    @override(TorchRLModule)
+    def setup(self):
+        cfg = self.model_config
+        missing = [k for k in REQUIRED_KEYS if k not in cfg]
+        if missing:
+            raise ValueError(f"model_config lacks {missing}; it needs all of {list(REQUIRED_KEYS)}")
+        self._layout = {k: int(cfg[k]) for k in REQUIRED_KEYS}
+        hidden = int(cfg.get("hidden_size", 128))
+        embed = int(cfg.get("embed_dim", 32))
+        self._hidden_size = hidden
+        n_ctx = self._layout["context_len"]
+        n_act = self._layout["num_actions"]
+
+        self.context_embedding = nn.Embedding(self._layout["context_vocab"], embed)
+        self.stage_embedding = nn.Embedding(self._layout["num_stages"], embed)
+        self.context_encoder = nn.Sequential(nn.Linear((n_ctx + 1) * embed, hidden), nn.Tanh())
+        self.initial_state = nn.Linear(hidden, hidden)
+        # +1: the start token is an input but never an output.
+        self.action_embedding = nn.Embedding(n_act + 1, embed)
+        self.gru = nn.GRUCell(embed + hidden, hidden)
+        self.policy_head = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, n_act))
+        self.value_head = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+
+    @override(TorchRLModule)
+    def get_initial_state(self) -> Any:
+        return {"h": np.zeros((self._hidden_size,), dtype=np.float32)}
+
+    # -- forward passes ---------------------------------------------------------------
+    @override(TorchRLModule)
+    def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        features, state_out, mask = self._unroll(batch)
+        return {
+            Columns.ACTION_DIST_INPUTS: self._logits(features, mask),
+            Columns.STATE_OUT: state_out,
+        }
+
+    @override(TorchRLModule)
+    def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        features, state_out, mask = self._unroll(batch)
+        return {
+            Columns.ACTION_DIST_INPUTS: self._logits(features, mask),
+            Columns.STATE_OUT: state_out,
+            Columns.EMBEDDINGS: features,
+        }
+
+    @override(ValueFunctionAPI)
+    def compute_values(self, batch: dict[str, Any], embeddings: Optional[Any] = None):
+        if embeddings is None:
+            embeddings, _, _ = self._unroll(batch)
+        return self.value_head(embeddings).squeeze(-1)
+
+    # -- internals ----------------------------------------------------------------------
+    def _logits(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.policy_head(features).masked_fill(mask == 0, MASKED_LOGIT)
+
+    def _unroll(self, batch: dict[str, Any]):
+        """Run the GRU over ``[B, T]`` steps; returns features ``[B, T, H]``,
+        the final state and the action mask ``[B, T, A]``."""
+        lay = self._layout
+        obs = batch[Columns.OBS].long()
+        context = obs[..., : lay["context_len"]]
+        stage = obs[..., lay["stage_index"]]
+        prev_action = obs[..., lay["prev_action_index"]]
+        mask = obs[..., lay["mask_index"] : lay["mask_index"] + lay["num_actions"]]
+
+        B, T = prev_action.shape
+        tokens = torch.cat(
+            [self.context_embedding(context).flatten(-2), self.stage_embedding(stage)], dim=-1
+        )
+        context_features = self.context_encoder(tokens)  # [B, T, H]
+        step_inputs = torch.cat([self.action_embedding(prev_action), context_features], dim=-1)
+        starts = (prev_action == lay["start_action"]).unsqueeze(-1)  # [B, T, 1]
+        initial = torch.tanh(self.initial_state(context_features))
+
+        h = batch[Columns.STATE_IN]["h"]
+        outputs = []
+        for t in range(T):
+            h = torch.where(starts[:, t], initial[:, t], h)
+            h = self.gru(step_inputs[:, t], h)
+            outputs.append(h)
+        return torch.stack(outputs, dim=1), {"h": h}, mask

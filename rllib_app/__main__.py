@@ -1,0 +1,7 @@
+"""``python -m rllib_app ...``: the same program as ``toolagent``."""
+
+import sys
+
+from rllib_app.cli import main
+
+sys.exit(main())

@@ -1,0 +1,100 @@
+"""Build RLlib algorithms for the tool machine from a ``TrainConfig``.
+
+Each algorithm class is RLlib's own plus ``CurriculumCheckpointMixin``, which
+puts the curriculum's state into the algorithm's checkpoint state (``state.pkl``)
+and pushes it back to every env runner on restore. That way the stage survives
+``save_to_path`` / ``restore_from_path`` / ``from_checkpoint`` and Tune's restores.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from ray.rllib.algorithms.impala import IMPALA, IMPALAConfig
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.tune.registry import register_env
+
+from envs import ToolMachineEnv, observation_layout
+from models import ToolAgentGRUModule
+from rllib_app.config import TrainConfig
+from rllib_app.curriculum import CurriculumCallback, find_curriculum_callback
+
+ENV_NAME = "toolagent-ToolMachine-v0"
+MODULE_ID = "default_policy"
+#: Longest episode is max_steps (12) plus the extra observation RLlib keeps.
+MAX_SEQ_LEN = 16
+CURRICULUM_STATE_KEY = "toolagent_curriculum"
+
+
+def register_tool_machine() -> None:
+    register_env(ENV_NAME, lambda cfg: ToolMachineEnv(cfg))
+
+
+def module_spec(cfg: TrainConfig) -> RLModuleSpec:
+    env = ToolMachineEnv(cfg.env_config())
+    return RLModuleSpec(
+        module_class=ToolAgentGRUModule,
+        observation_space=env.observation_space,
+        action_space=env.action_space,
+        model_config={
+            **observation_layout(),
+            "hidden_size": cfg.hidden_size,
+            "max_seq_len": MAX_SEQ_LEN,
+        },
+    )
+
+
+class CurriculumCheckpointMixin:
+    """Saves and restores the curriculum with the algorithm's own state."""
+
+    def get_state(self, components=None, *, not_components=None, **kwargs):
+        state = super().get_state(components, not_components=not_components, **kwargs)
+        if components is None:
+            state[CURRICULUM_STATE_KEY] = find_curriculum_callback(self).curriculum.get_state()
+        return state
+
+    def set_state(self, state):
+        super().set_state(state)
+        if CURRICULUM_STATE_KEY in state:
+            callback = find_curriculum_callback(self)
+            callback.curriculum.set_state(state[CURRICULUM_STATE_KEY])
+            callback.push(self)
+
+
+class ToolAgentIMPALA(CurriculumCheckpointMixin, IMPALA):
+    pass
+
+
+def build_config(cfg: TrainConfig):
+    """The RLlib ``AlgorithmConfig`` for ``cfg`` (not yet built)."""
+    register_tool_machine()
+    if cfg.algo != "impala":  # validate() already refuses others; keep the message precise
+        raise ValueError(f"unknown algorithm {cfg.algo!r}")
+    config = (
+        IMPALAConfig(algo_class=ToolAgentIMPALA)
+        .environment(ENV_NAME, env_config=cfg.env_config())
+        .framework("torch")
+        .env_runners(
+            num_env_runners=cfg.num_env_runners,
+            num_envs_per_env_runner=cfg.num_envs_per_env_runner,
+            rollout_fragment_length=cfg.rollout_fragment_length,
+            # ~385 MB for a weight server we do not need on one machine.
+            use_env_runner_state_server=False,
+        )
+        .learners(num_learners=cfg.num_learners, num_gpus_per_learner=cfg.num_gpus_per_learner)
+        .rl_module(rl_module_spec=module_spec(cfg))
+        .training(
+            lr=cfg.lr,
+            gamma=cfg.gamma,
+            entropy_coeff=cfg.entropy_coeff,
+            vf_loss_coeff=cfg.vf_loss_coeff,
+            train_batch_size_per_learner=cfg.train_batch_size_per_learner,
+            grad_clip=40.0,
+            # The default 0.0 polls nonstop on the driver and starves the runners on 2 cores.
+            timeout_s_sampler_manager=0.05,
+        )
+        .callbacks(functools.partial(CurriculumCallback, settings=cfg.curriculum_settings()))
+        .reporting(min_time_s_per_iteration=1.0)
+        .debugging(seed=cfg.seed)
+    )
+    return config

@@ -1,0 +1,132 @@
+"""``toolagent``: train, evaluate and inspect the tool-using agent.
+
+    toolagent train [flags]            train until every stage is solved or time runs out
+    toolagent eval CHECKPOINT          greedy accuracy and mean return per stage
+    toolagent explain CHECKPOINT       a few trajectories as readable rows
+
+``python -m rllib_app ...`` is the same program. Usage errors print one line
+and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from envs import NUM_STAGES
+from rllib_app.checkpoints import CheckpointError, resolve_checkpoint
+from rllib_app.config import TrainConfig, UsageError
+
+
+def _stage_list(text: str) -> list[int]:
+    try:
+        stages = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        stages = []
+    if not stages or any(not 0 <= s < NUM_STAGES for s in stages):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of stages in 0..{NUM_STAGES - 1}"
+        )
+    return stages
+
+
+def _stage(text: str) -> int:
+    if text.strip() not in {str(s) for s in range(NUM_STAGES)}:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a stage; allowed: 0..{NUM_STAGES - 1}")
+    return int(text)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="toolagent", description="Train a recurrent agent to use tools, with Ray RLlib."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,explain}")
+
+    train = sub.add_parser("train", help="train with RLlib until every stage is solved",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    TrainConfig.add_arguments(train)
+
+    ev = sub.add_parser("eval", help="greedy accuracy and mean return per stage on fresh episodes")
+    ev.add_argument("checkpoint", help="a checkpoint directory, or a 'toolagent train' output directory")
+    ev.add_argument("--episodes", type=_positive, default=1000, help="fresh episodes per stage (default: 1000)")
+    ev.add_argument("--stages", type=_stage_list, default=list(range(NUM_STAGES)), help="comma-separated stages (default: 0,1,2)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the evaluation episodes (default: 0)")
+    ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    ex = sub.add_parser("explain", help="show sampled trajectories as readable rows")
+    ex.add_argument("checkpoint", help="a checkpoint directory, or a 'toolagent train' output directory")
+    ex.add_argument("--stage", type=_stage, default=NUM_STAGES - 1, help="stage to show (default: 2)")
+    ex.add_argument("-n", type=_positive, default=5, help="number of episodes (default: 5)")
+    ex.add_argument("--seed", type=int, default=0, help="seed of the episodes (default: 0)")
+    ex.add_argument("--sample", action="store_true", help="sample actions instead of taking the greedy one")
+    return parser
+
+
+def _cmd_train(args) -> int:
+    cfg = TrainConfig.from_namespace(args)  # before the heavy imports: usage errors come fast
+    from rllib_app.train import train
+
+    summary = train(cfg)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    resolve_checkpoint(args.checkpoint)
+    from rllib_app.evaluate import greedy_accuracy, load_module
+
+    module, info = load_module(args.checkpoint)
+    report = greedy_accuracy(module, args.stages, args.episodes, env_config=info.get("env_config"), seed=args.seed)
+    if args.json:
+        print(json.dumps({"stages": report}))
+    else:
+        print(f"{'stage':>5}  {'accuracy':>8}  {'mean return':>11}  {'episodes':>8}")
+        for stage, r in report.items():
+            print(f"{stage:>5}  {r['accuracy']:8.3f}  {r['mean_return']:11.3f}  {r['episodes']:8d}")
+    return 0
+
+
+def _cmd_explain(args) -> int:
+    resolve_checkpoint(args.checkpoint)
+    from rllib_app.evaluate import load_module, rollout
+
+    module, info = load_module(args.checkpoint)
+    episodes = rollout(module, args.stage, args.n, env_config=info.get("env_config"), seed=args.seed, greedy=not args.sample)
+    rows = [e.row() for e in episodes]
+    headers = ["context", "target", "tools", "answer", "correct"]
+    widths = {h: max(len(h), *(len(str(r[h])) for r in rows)) for h in headers}
+    print(f"stage {args.stage}, {'sampled' if args.sample else 'greedy'} actions")
+    print("  ".join(h.ljust(widths[h]) for h in headers))
+    for r in rows:
+        print("  ".join(str(r[h]).ljust(widths[h]) for h in headers))
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "explain": _cmd_explain}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (UsageError, CheckpointError) as err:
+        parser.exit(2, f"toolagent {args.command}: error: {err}\n")
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

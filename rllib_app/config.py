@@ -1,0 +1,146 @@
+"""``TrainConfig``: the single source of training flags, defaults and their help.
+
+Every field is one ``toolagent train`` flag (``num_env_runners`` ->
+``--num-env-runners``); its ``help`` metadata is the CLI help, ``choices`` and
+``minimum``/``maximum`` are checked by ``validate()`` (also for configs built
+in Python or by Tune, not only from the command line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional, get_type_hints
+
+from envs import VARIANTS
+from rllib_app.schedules import SCHEDULES, TUTORIAL_STAGES, CurriculumSettings
+
+ALGOS = ("impala",)
+
+
+class UsageError(ValueError):
+    """A bad value a user typed: reported as one line, exit code 2."""
+
+
+def flag(default: Any, help: str, *, choices=None, minimum=None, maximum=None, strict_min=False):
+    return field(
+        default=default,
+        metadata={
+            "help": help,
+            "choices": choices,
+            "minimum": minimum,
+            "maximum": maximum,
+            "strict_min": strict_min,
+        },
+    )
+
+
+@dataclass
+class TrainConfig:
+    # -- what to train -----------------------------------------------------------------
+    algo: str = flag("impala", "RL algorithm", choices=ALGOS)
+    variant: str = flag("exact", "task rules: 'exact' (the spec) or 'seed' (the tutorial's)", choices=VARIANTS)
+    action_mask: bool = flag(False, "expose the tools that can apply now and mask the rest out of the policy")
+    # -- resources -------------------------------------------------------------------------
+    num_env_runners: int = flag(1, "env runner processes sampling in parallel (0: sample on the driver)", minimum=0)
+    num_envs_per_env_runner: int = flag(32, "tool machines stepped by each env runner", minimum=1)
+    num_learners: int = flag(0, "learner processes (0: learn on the driver; >1: DDP)", minimum=0)
+    num_gpus_per_learner: float = flag(0.0, "GPUs per learner (0: CPU)", minimum=0)
+    num_cpus: Optional[int] = flag(
+        None, "logical CPUs for the embedded local Ray (default: enough for runners and learners)", minimum=1
+    )
+    address: Optional[str] = flag(None, "Ray cluster to join ('auto' or host:port); default: start a local Ray")
+    # -- curriculum ----------------------------------------------------------------------------
+    schedule: str = flag("threshold", "curriculum: promote on sampled accuracy, or a fixed stage per iteration block", choices=SCHEDULES)
+    promotion_accuracy: float = flag(0.95, "threshold schedule: sampled accuracy that promotes the stage", minimum=0, maximum=1, strict_min=True)
+    accuracy_window: int = flag(500, "threshold schedule: episodes the sampled accuracy is measured over", minimum=1)
+    replay_probability: float = flag(0.2, "probability of sampling an earlier stage once promoted", minimum=0, maximum=0.99)
+    fixed_stages: str = flag(",".join(map(str, TUTORIAL_STAGES)), "fixed schedule: stage of each iteration block")
+    iterations_per_stage_entry: int = flag(10, "fixed schedule: iterations per entry of --fixed-stages", minimum=1)
+    # -- optimisation ----------------------------------------------------------------------------
+    lr: float = flag(1e-3, "learning rate", minimum=0, strict_min=True)
+    entropy_coeff: float = flag(0.01, "entropy bonus coefficient", minimum=0)
+    vf_loss_coeff: float = flag(0.5, "value loss coefficient", minimum=0)
+    gamma: float = flag(0.99, "discount", minimum=0, maximum=1)
+    train_batch_size_per_learner: int = flag(1024, "env steps per gradient step and learner", minimum=1)
+    rollout_fragment_length: int = flag(16, "env steps each env contributes to one sample() call", minimum=1)
+    hidden_size: int = flag(128, "GRU hidden size", minimum=1)
+    # -- stopping, evaluation, output ---------------------------------------------------------------
+    target_accuracy: float = flag(0.99, "stop when greedy accuracy on every stage reaches this", minimum=0, maximum=1)
+    max_minutes: float = flag(15.0, "wall-clock budget of the run", minimum=0, strict_min=True)
+    max_iterations: int = flag(0, "iteration budget (0: none)", minimum=0)
+    eval_interval: int = flag(5, "iterations between greedy evaluations (and checkpoints)", minimum=1)
+    eval_episodes: int = flag(1000, "fresh episodes per stage in each greedy evaluation", minimum=1)
+    seed: int = flag(0, "seed for env runners, the module and evaluation", minimum=0)
+    output: str = flag("runs/train", "directory for checkpoints and summary.json")
+
+    # ---------------------------------------------------------------------------------------------
+    def validate(self) -> TrainConfig:
+        hints = get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            meta = f.metadata
+            name = "--" + f.name.replace("_", "-")
+            if value is None:
+                continue
+            if hints[f.name] in (int, Optional[int]) and (isinstance(value, bool) or not isinstance(value, int)):
+                raise UsageError(f"{name} must be an integer, got {value!r}")
+            if meta.get("choices") and value not in meta["choices"]:
+                raise UsageError(f"{name} {value!r} is not one of {', '.join(meta['choices'])}")
+            lo, hi = meta.get("minimum"), meta.get("maximum")
+            if lo is not None and (value < lo or (meta.get("strict_min") and value == lo)):
+                op = ">" if meta.get("strict_min") else ">="
+                raise UsageError(f"{name} must be {op} {lo}, got {value}")
+            if hi is not None and value > hi:
+                raise UsageError(f"{name} must be <= {hi}, got {value}")
+        self.fixed_stage_list()
+        return self
+
+    def fixed_stage_list(self) -> tuple[int, ...]:
+        from envs import NUM_STAGES
+
+        try:
+            stages = tuple(int(s) for s in self.fixed_stages.split(","))
+        except ValueError:
+            stages = ()
+        if not stages or any(not 0 <= s < NUM_STAGES for s in stages):
+            raise UsageError(
+                f"--fixed-stages {self.fixed_stages!r} must be a comma-separated list of stages "
+                f"in 0..{NUM_STAGES - 1}, e.g. 0,0,1,2"
+            )
+        return stages
+
+    def curriculum_settings(self) -> CurriculumSettings:
+        return CurriculumSettings(
+            schedule=self.schedule,
+            promotion_accuracy=self.promotion_accuracy,
+            window=self.accuracy_window,
+            replay_probability=self.replay_probability,
+            fixed_stages=self.fixed_stage_list(),
+            iterations_per_stage_entry=self.iterations_per_stage_entry,
+        )
+
+    def env_config(self) -> dict[str, Any]:
+        return {"variant": self.variant, "action_mask": self.action_mask}
+
+    # -- command line --------------------------------------------------------------------------------
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        hints = get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            meta = f.metadata
+            kind = hints[f.name]
+            opts: dict[str, Any] = {"default": f.default, "help": meta["help"] + " (default: %(default)s)"}
+            if kind is bool:
+                opts["action"] = argparse.BooleanOptionalAction
+            else:
+                base = {Optional[int]: int, Optional[str]: str}.get(kind, kind)
+                opts["type"] = base
+                opts["metavar"] = f.name.upper() if not meta.get("choices") else "{" + ",".join(meta["choices"]) + "}"
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **opts)
+
+    @classmethod
+    def from_namespace(cls, ns: argparse.Namespace) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in vars(ns).items() if k in names}).validate()

@@ -1,0 +1,112 @@
+"""``CurriculumCallback``: the curriculum inside RLlib.
+
+Env runners count episodes and correct answers per stage; the driver updates the
+``Curriculum`` (``rllib_app.schedules``) in ``on_train_result`` and pushes the
+stage weights to every env of every env runner, including the local one and
+runners Ray recreates after a crash.
+"""
+
+from __future__ import annotations
+
+from ray.rllib.callbacks.callbacks import RLlibCallback
+
+from envs import NUM_STAGES
+from rllib_app.schedules import Curriculum, CurriculumSettings
+
+
+def _stage_metric(stage: int, what: str) -> str:
+    return f"curriculum/stage_{stage}_{what}"
+
+
+def _tool_machines(env) -> list:
+    """The ``ToolMachineEnv`` objects behind an env runner's (vector) env."""
+    if env is None:
+        return []
+    base = env.unwrapped
+    if hasattr(base, "set_stage_weights"):
+        return [base]
+    return [e.unwrapped for e in getattr(base, "envs", [])]
+
+
+def apply_stage_weights(env_runner, weights) -> list:
+    """Set ``weights`` on every env of ``env_runner``; returns what each env now has.
+
+    Never raises: an exception here would kill the remote env runner actor.
+    """
+    try:
+        machines = _tool_machines(getattr(env_runner, "env", None))
+        for m in machines:
+            m.set_stage_weights(weights)
+        return [list(m.stage_weights) for m in machines]
+    except Exception as exc:  # pragma: no cover - reported, not raised
+        return [f"error: {exc!r}"]
+
+
+class CurriculumCallback(RLlibCallback):
+    """Counts per-stage accuracy on the env runners; moves the stage on the driver.
+
+    Built through ``functools.partial(CurriculumCallback, settings=...)`` so each
+    process gets the same settings.
+    """
+
+    def __init__(self, settings: CurriculumSettings | None = None):
+        super().__init__()
+        self.curriculum = Curriculum(settings or CurriculumSettings())
+
+    # -- env runner side ---------------------------------------------------------------
+    def on_episode_end(self, *, episode, metrics_logger=None, **kwargs) -> None:
+        if metrics_logger is None:
+            return
+        info = episode.get_infos(-1)
+        if not isinstance(info, dict) or "correct" not in info:
+            return
+        stage = int(info["stage"])
+        metrics_logger.log_value(_stage_metric(stage, "episodes"), 1, reduce="sum")
+        metrics_logger.log_value(_stage_metric(stage, "correct"), int(info["correct"]), reduce="sum")
+
+    # -- driver side -------------------------------------------------------------------
+    def on_algorithm_init(self, *, algorithm, **kwargs) -> None:
+        self.push(algorithm)
+
+    def on_train_result(self, *, algorithm, result, **kwargs) -> None:
+        runners = result.get("env_runners", {})
+        counts = {}
+        for s in range(NUM_STAGES):
+            n = int(runners.get(_stage_metric(s, "episodes"), 0) or 0)
+            c = int(runners.get(_stage_metric(s, "correct"), 0) or 0)
+            counts[s] = (n, c)
+        if self.curriculum.update(counts):
+            self.push(algorithm)
+        cur = self.curriculum
+        result["curriculum"] = {
+            "stage": cur.stage,
+            "stage_weights": cur.stage_weights(),
+            **{
+                f"stage_{s}_sampled_accuracy": cur.windowed_accuracy(s)[0]
+                for s in range(NUM_STAGES)
+            },
+        }
+
+    def on_env_runners_recreated(self, *, algorithm, env_runner_group, env_runner_indices, is_evaluation, **kwargs) -> None:
+        # Recreated runners come back with the driver's original env_config.
+        weights = self.curriculum.stage_weights()
+        env_runner_group.foreach_env_runner(
+            lambda er: apply_stage_weights(er, weights),
+            remote_worker_ids=env_runner_indices,
+            local_env_runner=False,
+        )
+
+    def push(self, algorithm) -> list:
+        """Send the current stage weights to every env runner; returns their envs' weights."""
+        weights = self.curriculum.stage_weights()
+        return algorithm.env_runner_group.foreach_env_runner(
+            lambda er: apply_stage_weights(er, weights), local_env_runner=True
+        )
+
+
+def find_curriculum_callback(algorithm) -> CurriculumCallback:
+    callbacks = algorithm.callbacks
+    for cb in callbacks if isinstance(callbacks, (list, tuple)) else [callbacks]:
+        if isinstance(cb, CurriculumCallback):
+            return cb
+    raise RuntimeError("this algorithm was not built with a CurriculumCallback")

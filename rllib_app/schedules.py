@@ -1,0 +1,110 @@
+"""Curriculum schedules: which stage(s) to train on, and when that changes.
+
+``Curriculum`` is the pure decision logic (no Ray): given per-stage sampled
+episode counts after each training iteration, it says which stage is current and
+with what weights each stage is drawn. Its state is a small dict, saved in every
+checkpoint. ``rllib_app.curriculum`` wires it into RLlib.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from envs import NUM_STAGES
+
+SCHEDULES = ("threshold", "fixed")
+#: The tutorial's schedule: stage per block of iterations.
+TUTORIAL_STAGES = (0, 0, 0, 1, 1, 2)
+
+
+@dataclass(frozen=True)
+class CurriculumSettings:
+    schedule: str = "threshold"
+    #: threshold schedule: promote when the current stage's sampled accuracy over
+    #: the last ``window`` episodes reaches this.
+    promotion_accuracy: float = 0.95
+    window: int = 500
+    #: probability that an episode is drawn from an earlier stage (no forgetting).
+    replay_probability: float = 0.2
+    #: fixed schedule: the stage for each block of ``iterations_per_stage_entry``.
+    fixed_stages: tuple[int, ...] = TUTORIAL_STAGES
+    iterations_per_stage_entry: int = 10
+
+
+@dataclass
+class Curriculum:
+    settings: CurriculumSettings = field(default_factory=CurriculumSettings)
+    stage: int = 0
+    iteration: int = 0
+    #: (iteration, new stage) for every change, for the run's summary.
+    promotions: list = field(default_factory=list)
+    #: Recent (episodes, correct) per stage, newest last, for the sliding window.
+    _recent: dict = field(default_factory=lambda: {s: deque() for s in range(NUM_STAGES)})
+
+    def __post_init__(self):
+        if self.settings.schedule == "fixed":
+            self.stage = self.settings.fixed_stages[0]
+
+    def stage_weights(self) -> list[float]:
+        """Probability of drawing each stage for the next episodes."""
+        weights = [0.0] * NUM_STAGES
+        p = self.settings.replay_probability if self.stage > 0 else 0.0
+        for s in range(self.stage):
+            weights[s] = p / self.stage
+        weights[self.stage] = 1.0 - p
+        return weights
+
+    def windowed_accuracy(self, stage: int) -> tuple[float | None, int]:
+        recent = self._recent[stage]
+        episodes = sum(n for n, _ in recent)
+        correct = sum(c for _, c in recent)
+        return (correct / episodes if episodes else None), episodes
+
+    def update(self, counts: dict[int, tuple[int, int]]) -> bool:
+        """Record one iteration's sampled ``{stage: (episodes, correct)}``;
+        returns True when the stage changed."""
+        self.iteration += 1
+        for s, (n, c) in counts.items():
+            if n:
+                recent = self._recent[s]
+                recent.append((n, c))
+                # Keep just enough iterations to cover the window.
+                while len(recent) > 1 and sum(k for k, _ in list(recent)[1:]) >= self.settings.window:
+                    recent.popleft()
+        new_stage = self._next_stage()
+        if new_stage != self.stage:
+            self.stage = new_stage
+            self.promotions.append((self.iteration, new_stage))
+            return True
+        return False
+
+    def _next_stage(self) -> int:
+        cfg = self.settings
+        if cfg.schedule == "fixed":
+            entry = min(self.iteration // cfg.iterations_per_stage_entry, len(cfg.fixed_stages) - 1)
+            return cfg.fixed_stages[entry]
+        if self.stage >= NUM_STAGES - 1:
+            return self.stage
+        accuracy, episodes = self.windowed_accuracy(self.stage)
+        if accuracy is not None and episodes >= cfg.window and accuracy >= cfg.promotion_accuracy:
+            return self.stage + 1
+        return self.stage
+
+    def get_state(self) -> dict[str, Any]:
+        return {
+            "settings": asdict(self.settings),
+            "stage": self.stage,
+            "iteration": self.iteration,
+            "promotions": [list(p) for p in self.promotions],
+            "recent": {str(s): [list(x) for x in q] for s, q in self._recent.items()},
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.stage = int(state["stage"])
+        self.iteration = int(state["iteration"])
+        self.promotions = [tuple(p) for p in state["promotions"]]
+        self._recent = {
+            s: deque(tuple(x) for x in state["recent"].get(str(s), [])) for s in range(NUM_STAGES)
+        }

@@ -1,0 +1,28 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """A real local Ray of our own (address="local": never someone else's)."""
+    import ray
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+def run_cli(*args, timeout=600):
+    """``python -m rllib_app ARGS``; returns the completed process."""
+    return subprocess.run(
+        [sys.executable, "-m", "rllib_app", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

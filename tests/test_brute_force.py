@@ -1,0 +1,146 @@
+"""The spec's exhaustive facts, recomputed over every context of every stage."""
+
+import itertools
+import random
+
+import numpy as np
+import pytest
+
+from envs import ADD, ANS, MUL, RCL, STO, SUB, ToolMachineEnv, general_program
+from envs.analysis import (
+    all_contexts,
+    exact_programs,
+    memory_free_solvable,
+    memory_required_contexts,
+    seed_programs,
+    targets,
+)
+from envs.machine import STAGE_DIGITS, SeedState, run_program, seed_apply, seed_reward
+
+SHORTEST = {0: 4, 1: 5, 2: 9}
+
+
+def test_vectorised_machine_agrees_with_the_scalar_machine():
+    """The brute force below trusts analysis.exact_programs: check it against
+    machine.apply_tool on sampled programs and contexts."""
+    rng = random.Random(0)
+    contexts = all_contexts(5)[rng.sample(range(100_000), 40)]
+    checked = 0
+    for program, answers in exact_programs(contexts, max_len=7):
+        if rng.random() < 0.05:
+            for ctx, ans in zip(contexts, answers):
+                assert run_program(program, tuple(ctx), max_steps=12) == ans
+            checked += 1
+    assert checked > 100
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2])
+def test_shortest_program_correct_on_every_context(stage):
+    contexts = all_contexts(STAGE_DIGITS[stage])
+    want = targets(stage, contexts)
+    lengths = {}
+    for program, answers in exact_programs(contexts, max_len=SHORTEST[stage]):
+        if np.array_equal(answers, want):
+            lengths.setdefault(len(program), []).append(program)
+    # reachable, and nothing shorter than the spec's length solves every context
+    assert min(lengths) == SHORTEST[stage]
+    assert general_program(stage) in lengths[SHORTEST[stage]]
+
+
+def test_stage_2_needs_memory():
+    # no program without STO/RCL (any length: only 5 digits can be read) solves stage 2
+    contexts = all_contexts(5)
+    want = targets(2, contexts)
+    for _, answers in exact_programs(contexts, max_len=12, tools=(MUL, ADD, SUB)):
+        assert not np.array_equal(answers, want)
+    # ... and every shortest general program uses both STO and RCL
+    for program, answers in exact_programs(contexts, max_len=9):
+        if np.array_equal(answers, want):
+            assert STO in program and RCL in program
+
+
+def test_twenty_percent_of_stage_2_contexts_need_memory():
+    assert len(memory_required_contexts(2)) == 20_019  # 20.0% of 10^5
+    assert memory_free_solvable(0).all() and memory_free_solvable(1).all()
+    # e.g. a*b+c-d solves it when e == 1, a*b+c when d*e == 0: never required
+    req = memory_required_contexts(2)
+    assert not (req[:, 4] == 1).any() and not ((req[:, 3] * req[:, 4]) == 0).any()
+
+
+# -- the seed variant (the tutorial's env) ----------------------------------------------
+
+SEED_BEST = {0: ((MUL, ANS), 1.0600), 1: ((MUL, ADD, ANS), 1.1200), 2: ((MUL, ADD, SUB, ANS), 1.0370)}
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2])
+def test_seed_variant_best_fixed_programs(stage):
+    results = [(program, reward.mean()) for program, reward, _ in seed_programs(stage)]
+    best = max(r for _, r in results)
+    program, figure = SEED_BEST[stage]
+    assert round(best, 4) == figure
+    assert round(dict(results)[program], 4) == figure
+
+
+def test_seed_variant_always_correct_programs_hit_the_checked_target():
+    for stage, (program, _) in SEED_BEST.items():
+        rewards = next(r for p, r, _ in seed_programs(stage) if p == program)
+        assert (rewards >= 1.0).all()
+
+
+def test_seed_variant_stated_stage_2_target_is_unreachable():
+    stated = targets(2, all_contexts(5))
+    best = max((value == stated).mean() for _, _, value in seed_programs(2))
+    assert round(best, 3) == 0.271
+
+
+def test_seed_analysis_agrees_with_the_seed_rules():
+    rng = random.Random(1)
+    ctx = all_contexts(5)
+    rows = rng.sample(range(len(ctx)), 30)
+    for stage in range(3):
+        for program, reward, _ in seed_programs(stage):
+            if rng.random() > 0.03:
+                continue
+            for i in rows:
+                digits = tuple(int(x) for x in ctx[i])
+                state = SeedState()
+                for tool in program[:-1]:
+                    state = seed_apply(state, tool, digits, stage)
+                assert seed_reward(state.last, digits, stage) == pytest.approx(reward[i])
+
+
+def test_seed_env_episode_matches_the_rules():
+    env = ToolMachineEnv({"variant": "seed"})
+    for stage, (program, _) in SEED_BEST.items():
+        for digits in itertools.islice(itertools.product(range(10), repeat=5), 0, 100_000, 7919):
+            env.reset(seed=0, options={"stage": stage, "digits": digits})
+            total = 0.0
+            for tool in program:
+                _, r, term, trunc, info = env.step(tool)
+                total += r
+            assert term and total == pytest.approx(seed_reward(info["answer"], digits, stage))
+            assert total >= 1.0
+
+
+def test_seed_env_truncates_after_six_tokens_with_zero_reward():
+    env = ToolMachineEnv({"variant": "seed", "max_steps": 12})
+    env.reset(seed=0, options={"stage": 1})
+    for _t in range(6):
+        _, r, term, trunc, _ = env.step(MUL)
+        assert r == 0.0 and not term
+    assert trunc
+
+
+def test_seed_tokens_with_memory_at_stage_2():
+    """Spot checks of the tutorial's token table at stage 2 with STO."""
+    digits = (2, 3, 4, 5, 6)
+    s = SeedState()
+    s = seed_apply(s, STO, digits, 2)
+    assert s.mem == "use_d"
+    s = seed_apply(s, RCL, digits, 2)
+    assert s.last == 5 * 6
+    s = seed_apply(s, SUB, digits, 2)
+    assert s.last == 30 - 6  # subtracts e once memory is "use_d"
+    s = seed_apply(s, MUL, digits, 2)
+    assert s.last == 24 * 5
+    assert seed_apply(SeedState(), ANS, digits, 2).submitted

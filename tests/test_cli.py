@@ -1,0 +1,42 @@
+"""Bad input: one clear line naming the value and what is allowed, exit code 2."""
+
+import pytest
+
+from conftest import run_cli
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["train", "--algo", "a3c"], "--algo 'a3c' is not one of impala"),
+        (["train", "--schedule", "sometimes"], "--schedule 'sometimes' is not one of threshold, fixed"),
+        (["train", "--variant", "tutorial"], "--variant 'tutorial' is not one of exact, seed"),
+        (["train", "--num-env-runners", "-1"], "--num-env-runners must be >= 0, got -1"),
+        (["train", "--num-envs-per-env-runner", "0"], "--num-envs-per-env-runner must be >= 1, got 0"),
+        (["train", "--num-learners", "-2"], "--num-learners must be >= 0, got -2"),
+        (["train", "--target-accuracy", "1.5"], "--target-accuracy must be <= 1, got 1.5"),
+        (["train", "--fixed-stages", "0,1,3"], "--fixed-stages '0,1,3' must be a comma-separated list of stages in 0..2"),
+        (["train", "--num-env-runners", "two"], "invalid int value: 'two'"),
+        (["eval", "/nonexistent/run"], "checkpoint '/nonexistent/run' does not exist"),
+        (["eval", "tests"], "'tests' is not a toolagent checkpoint"),
+        (["eval", "tests", "--stages", "0,3"], "'0,3' is not a comma-separated list of stages in 0..2"),
+        (["explain", "tests", "--stage", "5"], "'5' is not a stage; allowed: 0..2"),
+        (["explain", "tests", "-n", "-3"], "'-3' is not a positive integer"),
+    ],
+)
+def test_usage_errors(args, expected):
+    proc = run_cli(*args, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert expected in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(("toolagent", "usage")) or "error:" in proc.stderr
+
+
+def test_help_lists_every_train_flag_with_its_default():
+    proc = run_cli("train", "--help", timeout=120)
+    assert proc.returncode == 0
+    for flag in ("--algo", "--num-env-runners", "--num-envs-per-env-runner", "--num-learners",
+                 "--num-gpus-per-learner", "--schedule", "--target-accuracy", "--max-minutes",
+                 "--seed", "--output", "--address"):
+        assert flag in proc.stdout
+    assert "default: impala" in proc.stdout

@@ -1,0 +1,47 @@
+"""The curriculum's decisions, without Ray."""
+
+import pytest
+
+from rllib_app.schedules import Curriculum, CurriculumSettings
+
+
+def test_threshold_promotes_after_a_full_window_at_the_threshold():
+    cur = Curriculum(CurriculumSettings(promotion_accuracy=0.9, window=100, replay_probability=0.2))
+    assert cur.stage_weights() == [1.0, 0.0, 0.0]
+    assert not cur.update({0: (60, 60)})  # accurate, but the window is not full yet
+    assert cur.update({0: (60, 55)})  # 115/120 episodes >= 0.9 -> stage 1
+    assert cur.stage == 1 and cur.promotions == [(2, 1)]
+    assert cur.stage_weights() == pytest.approx([0.2, 0.8, 0.0])
+    assert not cur.update({0: (20, 20), 1: (100, 50)})
+    assert not cur.update({1: (50, 50)})  # window: 150 most recent episodes at 0.67
+    assert cur.update({1: (50, 50)})  # the failing iteration left the window
+    assert cur.stage == 2 and cur.stage_weights() == pytest.approx([0.1, 0.1, 0.8])
+    assert not cur.update({2: (1000, 1000)})  # last stage: stays
+    assert cur.stage == 2
+
+
+def test_window_uses_the_most_recent_episodes():
+    cur = Curriculum(CurriculumSettings(window=50))
+    cur.update({0: (100, 0)})
+    cur.update({0: (60, 60)})
+    acc, n = cur.windowed_accuracy(0)
+    assert (acc, n) == (1.0, 60)
+
+
+def test_fixed_schedule_follows_the_tutorials_blocks():
+    cur = Curriculum(CurriculumSettings(schedule="fixed", fixed_stages=(0, 0, 0, 1, 1, 2), iterations_per_stage_entry=10))
+    stages = [cur.stage]
+    for _ in range(80):
+        cur.update({})
+        stages.append(cur.stage)
+    assert stages[:30] == [0] * 30 and stages[30:50] == [1] * 20 and set(stages[50:]) == {2}
+    assert cur.promotions == [(30, 1), (50, 2)]
+
+
+def test_state_round_trips():
+    cur = Curriculum(CurriculumSettings(window=10))
+    cur.update({0: (20, 20)})
+    other = Curriculum(CurriculumSettings(window=10))
+    other.set_state(cur.get_state())
+    assert other.stage == 1 and other.iteration == 1 and other.promotions == [(1, 1)]
+    assert other.windowed_accuracy(0) == cur.windowed_accuracy(0)

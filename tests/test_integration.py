@@ -1,0 +1,128 @@
+"""Real Ray, real RLlib: training, the curriculum on every env, checkpoints, eval."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.integration
+
+SMALL = {
+    "num_envs_per_env_runner": 4,
+    "rollout_fragment_length": 16,
+    "train_batch_size_per_learner": 128,
+    "hidden_size": 32,
+    "eval_episodes": 50,
+}
+
+
+def test_train_then_eval_and_explain_from_the_command_line(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli(
+        "train", "--max-iterations", "3", "--eval-interval", "3", "--eval-episodes", "50",
+        "--num-envs-per-env-runner", "8", "--train-batch-size-per-learner", "256",
+        "--seed", "3", "--output", str(out),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("iter ") >= 3 and "greedy accuracy" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) >= {"target_reached", "accuracy", "env_steps", "wall_seconds", "checkpoint", "algo"}
+    assert summary["algo"] == "impala" and summary["iterations"] == 3 and summary["env_steps"] > 0
+    assert set(summary["accuracy"]) == {"0", "1", "2"}
+    assert all(0.0 <= a <= 1.0 for a in summary["accuracy"].values())
+    assert (out / "checkpoint").resolve() == (out / "checkpoints" / "iter_000003").resolve()
+
+    proc = run_cli("eval", str(out), "--episodes", "50", "--seed", "3", "--json", timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(report["stages"]) == {"0", "1", "2"}
+    for stage in report["stages"].values():
+        assert stage["episodes"] == 50 and 0.0 <= stage["accuracy"] <= 1.0
+    # the checkpoint's greedy accuracy is what training reported for it
+    assert {s: v["accuracy"] for s, v in report["stages"].items()} == summary["accuracy"]
+
+    proc = run_cli("explain", str(out / "checkpoint"), "--stage", "1", "-n", "3", timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[1].split() == ["context", "target", "tools", "answer", "correct"]
+    assert len(lines) == 5 and all(len(line.split()[0:4]) == 4 for line in lines[2:])
+
+
+def _build(cfg):
+    from rllib_app.algorithms import build_config
+
+    return build_config(cfg.validate()).build_algo()
+
+
+def _env_weights(algo, local=True):
+
+    return algo.env_runner_group.foreach_env_runner(
+        lambda er: [list(e.unwrapped.stage_weights) for e in er.env.unwrapped.envs] if er.env else None,
+        local_env_runner=local,
+    )
+
+
+def test_curriculum_reaches_every_env_of_every_runner(local_ray):
+    from rllib_app.config import TrainConfig
+    from rllib_app.curriculum import find_curriculum_callback
+
+    cfg = TrainConfig(num_env_runners=2, schedule="fixed", fixed_stages="0,2",
+                      iterations_per_stage_entry=1, **SMALL)
+    algo = _build(cfg)
+    try:
+        per_runner = [w for w in _env_weights(algo) if w is not None]
+        assert len(per_runner) == 2 and all(len(w) == 4 for w in per_runner)
+        assert all(np.allclose(env, [1, 0, 0]) for w in per_runner for env in w)
+        result = algo.train()
+        assert result["curriculum"]["stage"] == 2
+        per_runner = [w for w in _env_weights(algo) if w is not None]
+        assert len(per_runner) == 2
+        assert all(np.allclose(env, [0.1, 0.1, 0.8]) for w in per_runner for env in w)
+        counts = {}
+        for _ in range(3):
+            runners = algo.train()["env_runners"]
+            for s in range(3):
+                counts[s] = counts.get(s, 0) + int(runners.get(f"curriculum/stage_{s}_episodes", 0))
+        assert counts[2] > counts[0] + counts[1] > 0
+        assert find_curriculum_callback(algo).curriculum.stage == 2
+    finally:
+        algo.stop()
+
+
+def test_checkpoint_restore_keeps_weights_and_stage(local_ray, tmp_path):
+    from ray.rllib.algorithms.algorithm import Algorithm
+
+    from rllib_app.algorithms import MODULE_ID
+    from rllib_app.checkpoints import save_checkpoint
+    from rllib_app.config import TrainConfig
+    from rllib_app.curriculum import find_curriculum_callback
+
+    # no remote runners: the local env runner samples and must follow the stage too
+    cfg = TrainConfig(num_env_runners=0, schedule="fixed", fixed_stages="0,1",
+                      iterations_per_stage_entry=1, **SMALL)
+    algo = _build(cfg)
+    try:
+        algo.train()
+        algo.train()
+        path = save_checkpoint(algo, cfg, tmp_path, 2)
+        weights = algo.learner_group.get_weights()[MODULE_ID]
+        curriculum = find_curriculum_callback(algo).curriculum.get_state()
+    finally:
+        algo.stop()
+    assert curriculum["stage"] == 1
+
+    restored = Algorithm.from_checkpoint(str(path))
+    try:
+        cur = find_curriculum_callback(restored).curriculum
+        assert (cur.stage, cur.iteration) == (1, 2)
+        assert cur.get_state() == curriculum
+        again = restored.learner_group.get_weights()[MODULE_ID]
+        assert again.keys() == weights.keys()
+        for k in weights:
+            np.testing.assert_array_equal(np.asarray(again[k]), np.asarray(weights[k]))
+        assert all(np.allclose(env, [0.2, 0.8, 0.0]) for env in _env_weights(restored)[0])
+        assert restored.train()["curriculum"]["stage"] == 1
+    finally:
+        restored.stop()

@@ -1,0 +1,105 @@
+"""The GRU actor-critic RLModule, without Ray."""
+
+import numpy as np
+import pytest
+import torch
+from ray.rllib.core.columns import Columns
+
+from envs import ANS, MUL, ToolMachineEnv, general_program, observation_layout
+from models import ToolAgentGRUModule
+
+
+def make_module(**extra):
+    env = ToolMachineEnv({"action_mask": True})
+    torch.manual_seed(0)
+    return ToolAgentGRUModule(
+        observation_space=env.observation_space,
+        action_space=env.action_space,
+        model_config={**observation_layout(), "max_seq_len": 16, "hidden_size": 32, **extra},
+    )
+
+
+def episode_observations(stage, digits, program):
+    """Observations an agent sees while playing ``program``: [T, D]."""
+    env = ToolMachineEnv({"action_mask": True})
+    obs, _ = env.reset(seed=0, options={"stage": stage, "digits": digits})
+    seq = [obs]
+    for tool in program[:-1]:
+        obs, *_ = env.step(tool)
+        seq.append(obs)
+    return np.stack(seq)
+
+
+def initial_state(module, batch):
+    return {"h": torch.zeros(batch, module._hidden_size)}
+
+
+def test_unrolling_a_sequence_equals_stepping_it():
+    module = make_module()
+    obs = torch.as_tensor(episode_observations(2, (3, 4, 5, 6, 7), general_program(2)))[None]
+    whole = module.forward_train({Columns.OBS: obs, Columns.STATE_IN: initial_state(module, 1)})
+    state = initial_state(module, 1)
+    stepped = []
+    for t in range(obs.shape[1]):
+        out = module.forward_inference({Columns.OBS: obs[:, t : t + 1], Columns.STATE_IN: state})
+        stepped.append(out[Columns.ACTION_DIST_INPUTS])
+        state = out[Columns.STATE_OUT]
+    torch.testing.assert_close(whole[Columns.ACTION_DIST_INPUTS], torch.cat(stepped, dim=1))
+    torch.testing.assert_close(whole[Columns.STATE_OUT]["h"], state["h"])
+    values = module.compute_values({Columns.OBS: obs, Columns.STATE_IN: initial_state(module, 1)})
+    torch.testing.assert_close(values, module.compute_values({}, embeddings=whole[Columns.EMBEDDINGS]))
+    assert values.shape == (1, obs.shape[1])
+
+
+def test_each_row_of_a_batch_sees_its_own_context():
+    """The tutorial's defect: a [B,d] context mean broadcast against [B,1,d]."""
+    module = make_module()
+    contexts = [(1, 2, 3, 4, 5), (9, 8, 7, 6, 5), (0, 0, 0, 0, 0), (5, 5, 1, 2, 9)]
+    obs = torch.stack([torch.as_tensor(episode_observations(2, c, [MUL, ANS])) for c in contexts])
+    batched = module.forward_train({Columns.OBS: obs, Columns.STATE_IN: initial_state(module, 4)})
+    logits = batched[Columns.ACTION_DIST_INPUTS]
+    for i in range(len(contexts)):
+        alone = module.forward_train({Columns.OBS: obs[i : i + 1], Columns.STATE_IN: initial_state(module, 1)})
+        torch.testing.assert_close(logits[i : i + 1], alone[Columns.ACTION_DIST_INPUTS])
+    # and different contexts give different outputs
+    assert not torch.allclose(logits[0], logits[1])
+
+
+def test_context_order_matters():
+    module = make_module()
+    a = torch.as_tensor(episode_observations(0, (2, 3, 4), [ANS]))[None]
+    b = torch.as_tensor(episode_observations(0, (4, 3, 2), [ANS]))[None]
+    out = [module.forward_inference({Columns.OBS: x, Columns.STATE_IN: initial_state(module, 1)}) for x in (a, b)]
+    assert not torch.allclose(out[0][Columns.ACTION_DIST_INPUTS], out[1][Columns.ACTION_DIST_INPUTS])
+
+
+def test_start_token_resets_the_state_and_padding_does_not():
+    module = make_module()
+    obs = torch.as_tensor(episode_observations(1, (1, 2, 3, 4), [MUL, ANS]))[None]
+    random_state = {"h": torch.randn(1, module._hidden_size)}
+    zero_state = initial_state(module, 1)
+    a = module.forward_inference({Columns.OBS: obs, Columns.STATE_IN: random_state})
+    b = module.forward_inference({Columns.OBS: obs, Columns.STATE_IN: zero_state})
+    # the first step is a start step: the incoming state is irrelevant
+    torch.testing.assert_close(a[Columns.ACTION_DIST_INPUTS], b[Columns.ACTION_DIST_INPUTS])
+    # zero padding after the sequence (as learner batches have) leaves earlier steps alone
+    padded = torch.cat([obs, torch.zeros(1, 3, obs.shape[-1], dtype=obs.dtype)], dim=1)
+    c = module.forward_train({Columns.OBS: padded, Columns.STATE_IN: zero_state})
+    torch.testing.assert_close(c[Columns.ACTION_DIST_INPUTS][:, :2], b[Columns.ACTION_DIST_INPUTS])
+
+
+def test_action_mask_removes_inapplicable_tools():
+    module = make_module()
+    obs = torch.as_tensor(episode_observations(0, (2, 3, 4), [ANS]))[None]  # STO, RCL inapplicable
+    logits = module.forward_inference({Columns.OBS: obs, Columns.STATE_IN: initial_state(module, 1)})[
+        Columns.ACTION_DIST_INPUTS
+    ]
+    probs = torch.softmax(logits, -1)[0, 0]
+    assert probs[3] == 0 and probs[4] == 0 and probs.sum() == pytest.approx(1.0)
+
+
+def test_missing_layout_keys_are_reported():
+    env = ToolMachineEnv()
+    with pytest.raises(ValueError, match="context_len"):
+        ToolAgentGRUModule(observation_space=env.observation_space, action_space=env.action_space,
+                           model_config={"max_seq_len": 16})

@@ -1,0 +1,210 @@
+"""Every rule of the spec's tables, on the machine and through the Gymnasium env."""
+
+import numpy as np
+import pytest
+
+from envs import (
+    ADD,
+    ANS,
+    CONTEXT_LEN,
+    MUL,
+    NUM_ACTIONS,
+    PAD_TOKEN,
+    RCL,
+    START_ACTION,
+    STO,
+    SUB,
+    MachineState,
+    ToolMachineEnv,
+    apply_tool,
+    observation_layout,
+    stage_target,
+)
+from envs.machine import run_program
+
+DIGITS = (7, 3, 4, 2, 5)
+
+
+def run(program, digits=DIGITS):
+    state = MachineState()
+    for tool in program:
+        state = apply_tool(state, tool, digits)
+    return state
+
+
+# -- the machine ----------------------------------------------------------------------
+
+def test_arithmetic_reads_next_digit_and_empty_acc_is_identity():
+    assert run([MUL]) == MachineState(acc=7, cursor=1)  # 1 * 7
+    assert run([ADD]) == MachineState(acc=7, cursor=1)  # 0 + 7
+    assert run([SUB]) == MachineState(acc=-7, cursor=1)  # 0 - 7
+    assert run([MUL, MUL]).acc == 21
+    assert run([MUL, ADD]).acc == 10
+    assert run([MUL, SUB]).acc == 4
+    assert run([MUL, MUL, ADD]).cursor == 3
+
+
+def test_sto_moves_acc_to_memory_and_empties_acc():
+    s = run([MUL, MUL, STO])
+    assert (s.acc, s.mem, s.cursor) == (None, 21, 2)
+    # the next arithmetic tool starts from the identity again
+    assert run([MUL, MUL, STO, MUL]).acc == 4
+
+
+def test_rcl_arms_the_next_arithmetic_tool_to_combine_memory_with_acc():
+    s = run([MUL, MUL, STO, MUL, RCL])
+    assert s.armed and s.acc == 4 and s.mem == 21
+    for tool, value in ((SUB, 21 - 4), (ADD, 21 + 4), (MUL, 21 * 4)):
+        t = apply_tool(s, tool, DIGITS)
+        assert (t.acc, t.mem, t.armed, t.cursor) == (value, None, False, s.cursor)  # no digit read
+
+
+def test_armed_tool_with_empty_acc_uses_identity_for_the_right_operand():
+    s = run([MUL, STO, RCL])
+    assert s.acc is None and s.armed
+    assert apply_tool(s, SUB, DIGITS).acc == 7 - 0
+    assert apply_tool(s, MUL, DIGITS).acc == 7 * 1
+
+
+def test_armed_tool_applies_even_with_no_digit_left():
+    digits = (2, 3, 4)
+    s = run([MUL, MUL, STO, MUL, RCL], digits)
+    assert s.cursor == 3
+    assert apply_tool(s, ADD, digits).acc == 6 + 4
+
+
+@pytest.mark.parametrize(
+    "program, tool",
+    [
+        ([MUL, MUL, MUL], MUL),  # no digit left, not armed (3-digit context)
+        ([ADD, ADD, ADD], SUB),
+        ([], STO),  # empty acc
+        ([MUL, STO], STO),
+        ([], RCL),  # empty memory
+        ([MUL, STO, RCL, ADD], RCL),  # memory was emptied by the armed ADD
+    ],
+)
+def test_inapplicable_tools_change_nothing(program, tool):
+    digits = (2, 3, 4)
+    s = run(program, digits)
+    assert apply_tool(s, tool, digits) == s
+
+
+def test_ans_submits_the_accumulator():
+    assert run_program([MUL, MUL, ADD, ANS], (2, 3, 4), max_steps=12) == 10
+    assert run_program([ANS], (2, 3, 4), max_steps=12) is None
+
+
+def test_stage_targets():
+    a, b, c, d, e = DIGITS
+    assert stage_target(0, DIGITS[:3]) == a * b + c
+    assert stage_target(1, DIGITS[:4]) == (a * b + c) - d
+    assert stage_target(2, DIGITS) == (a * b + c) - (d * e)
+    with pytest.raises(ValueError, match="stage"):
+        stage_target(3, DIGITS)
+
+
+# -- the env --------------------------------------------------------------------------
+
+def play(env, program, stage, digits):
+    obs, info = env.reset(seed=0, options={"stage": stage, "digits": digits})
+    total = 0.0
+    for t, tool in enumerate(program):
+        obs, r, term, trunc, info = env.step(tool)
+        total += r
+        if term or trunc:
+            return total, info, t + 1, term, trunc
+    raise AssertionError("episode did not end")
+
+
+@pytest.mark.parametrize(
+    "stage, program",
+    [(0, [MUL, MUL, ADD, ANS]), (1, [MUL, MUL, ADD, SUB, ANS]), (2, [MUL, MUL, ADD, STO, MUL, MUL, RCL, SUB, ANS])],
+)
+def test_correct_answer_pays_one_and_info_says_so(stage, program):
+    env = ToolMachineEnv()
+    digits = DIGITS[: 3 + stage]
+    total, info, steps, term, trunc = play(env, program, stage, digits)
+    assert (total, term, trunc, steps) == (1.0, True, False, len(program))
+    assert info["correct"] and info["answered"]
+    assert info["answer"] == info["target"] == stage_target(stage, digits)
+    assert info["stage"] == stage
+
+
+def test_wrong_answer_pays_zero():
+    total, info, *_ = play(ToolMachineEnv(), [MUL, ANS], 0, (2, 3, 4))
+    assert total == 0.0 and not info["correct"] and info["answer"] == 2 and info["target"] == 10
+
+
+def test_truncated_after_max_steps_without_ans():
+    env = ToolMachineEnv({"max_steps": 5})
+    total, info, steps, term, trunc = play(env, [STO] * 10, 0, (2, 3, 4))
+    assert (total, steps, term, trunc) == (0.0, 5, False, True)
+    assert not info["answered"] and not info["correct"]
+
+
+def test_default_max_steps_is_12():
+    _, _, steps, _, trunc = play(ToolMachineEnv(), [RCL] * 20, 2, DIGITS)
+    assert steps == 12 and trunc
+
+
+def test_observation_holds_context_stage_previous_action_and_no_registers():
+    env = ToolMachineEnv({"action_mask": True})
+    lay = observation_layout()
+    obs, _ = env.reset(seed=0, options={"stage": 0, "digits": (2, 3, 4)})
+    assert env.observation_space.contains(obs)
+    assert list(obs[:CONTEXT_LEN]) == [2, 3, 4, PAD_TOKEN, PAD_TOKEN]
+    assert obs[lay["stage_index"]] == 0 and obs[lay["prev_action_index"]] == START_ACTION
+    # only ADD-like tools and ANS can apply at the start
+    assert list(obs[lay["mask_index"] :]) == [1, 1, 1, 0, 0, 1]
+    obs, *_ = env.step(MUL)
+    assert obs[lay["prev_action_index"]] == MUL
+    assert list(obs[lay["mask_index"] :]) == [1, 1, 1, 1, 0, 1]
+    obs, *_ = env.step(STO)
+    assert list(obs[lay["mask_index"] :]) == [1, 1, 1, 0, 1, 1]
+    assert list(obs[:CONTEXT_LEN]) == [2, 3, 4, PAD_TOKEN, PAD_TOKEN]  # context does not move
+
+
+def test_mask_is_all_ones_when_off():
+    env = ToolMachineEnv()
+    obs, _ = env.reset(seed=0)
+    assert list(obs[observation_layout()["mask_index"] :]) == [1] * NUM_ACTIONS
+
+
+def test_reset_seed_is_deterministic_and_set_stage_applies_next_episode():
+    a, b = ToolMachineEnv(), ToolMachineEnv()
+    assert np.array_equal(a.reset(seed=42)[0], b.reset(seed=42)[0])
+    a.set_stage(2)
+    assert a.stage == 0  # the current episode keeps its stage
+    obs, info = a.reset()
+    assert a.stage == 2 and info["stage"] == 2 and len(a.digits) == 5
+
+
+def test_stage_weights_mix_stages():
+    env = ToolMachineEnv()
+    env.set_stage_weights([0.5, 0.0, 0.5])
+    env.reset(seed=1)
+    stages = {env.reset()[1]["stage"] for _ in range(200)}
+    assert stages == {0, 2}
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"stage": 3}, "stage must be in 0..2, got 3"),
+        ({"stage": "1"}, "stage must be an integer"),
+        ({"variant": "tutorial"}, "variant must be one of"),
+        ({"max_steps": 0}, "max_steps must be an integer >= 1"),
+        ({"stages": 1}, "unknown env config key"),
+    ],
+)
+def test_bad_env_config_is_refused(config, message):
+    with pytest.raises(ValueError, match=message):
+        ToolMachineEnv(config)
+
+
+def test_bad_stage_weights_are_refused():
+    with pytest.raises(ValueError, match="stage weights"):
+        ToolMachineEnv().set_stage_weights([1, 1])
+    with pytest.raises(ValueError, match="stage must be in"):
+        ToolMachineEnv().set_stage(-1)
