@@ -21,6 +21,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from envs.analysis import memory_required_contexts
 from envs.machine import (
     ANS,
     NUM_ACTIONS,
@@ -47,7 +48,7 @@ CONTEXT_VOCAB = 14
 START_ACTION = NUM_ACTIONS
 DEFAULT_MAX_STEPS = 12
 
-_CONFIG_KEYS = ("variant", "stage", "max_steps", "action_mask")
+_CONFIG_KEYS = ("variant", "stage", "max_steps", "action_mask", "hard_fraction")
 
 
 def observation_layout() -> dict[str, int]:
@@ -79,7 +80,10 @@ class ToolMachineEnv(gym.Env):
         config: RLlib's ``env_config`` (or any mapping) with optional keys
             ``variant`` ("exact" | "seed"), ``stage`` (0-2), ``max_steps``
             (exact variant only; the seed variant always reads 6 tokens) and
-            ``action_mask`` (bool: expose the tools that can apply now).
+            ``action_mask`` (bool: expose the tools that can apply now) and
+            ``hard_fraction`` (0-1: the share of stage-2 episodes whose context is
+            drawn from the memory-required subset, the 20% of contexts that no
+            memory-free program solves; a training lever, evaluation keeps 0).
     """
 
     metadata = {"render_modes": []}
@@ -101,6 +105,12 @@ class ToolMachineEnv(gym.Env):
             ) or self.max_steps < 1:
                 raise ValueError(f"max_steps must be an integer >= 1, got {self.max_steps!r}")
         self.use_action_mask = bool(config.get("action_mask", False))
+        self.hard_fraction = config.get("hard_fraction", 0.0)
+        if isinstance(self.hard_fraction, bool) or not isinstance(self.hard_fraction, (int, float)) or not (
+            0.0 <= self.hard_fraction <= 1.0
+        ):
+            raise ValueError(f"hard_fraction must be a number in [0, 1], got {self.hard_fraction!r}")
+        self._hard_contexts = memory_required_contexts(2) if self.hard_fraction > 0 else None
         self._stage_weights = np.eye(NUM_STAGES)[_check_stage(config.get("stage", 0))]
 
         width = CONTEXT_LEN + 2 + NUM_ACTIONS
@@ -143,6 +153,8 @@ class ToolMachineEnv(gym.Env):
             self.stage = int(self.np_random.choice(NUM_STAGES, p=self._stage_weights))
         if "digits" in options:
             digits = tuple(int(x) for x in options["digits"])
+        elif self.stage == 2 and self._hard_contexts is not None and self.np_random.random() < self.hard_fraction:
+            digits = tuple(int(x) for x in self._hard_contexts[self.np_random.integers(len(self._hard_contexts))])
         else:
             # The tutorial draws all five digits at every stage; so do we, which
             # keeps both variants on one random stream.

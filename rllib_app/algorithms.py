@@ -18,6 +18,7 @@ from envs import ToolMachineEnv, observation_layout
 from models import ToolAgentGRUModule
 from rllib_app.config import TrainConfig
 from rllib_app.curriculum import CurriculumCallback, find_curriculum_callback
+from rllib_app.self_imitation import SelfImitationIMPALALearner
 
 ENV_NAME = "toolagent-ToolMachine-v0"
 MODULE_ID = "default_policy"
@@ -81,7 +82,12 @@ def build_config(cfg: TrainConfig):
             # ~385 MB for a weight server we do not need on one machine.
             use_env_runner_state_server=False,
         )
-        .learners(num_learners=cfg.num_learners, num_gpus_per_learner=cfg.num_gpus_per_learner)
+        .learners(
+            num_learners=cfg.num_learners,
+            num_gpus_per_learner=cfg.num_gpus_per_learner,
+            learner_class=SelfImitationIMPALALearner,
+            learner_config_dict=cfg.learner_config(),
+        )
         .rl_module(rl_module_spec=module_spec(cfg))
         .training(
             lr=cfg.lr,

@@ -49,7 +49,7 @@ def save_checkpoint(algo, train_config, output: pathlib.Path, iteration: int) ->
     algo.save_to_path(str(tmp.resolve()))
     write_json_atomic(
         tmp / RUN_INFO_FILE,
-        {"env_config": train_config.env_config(), "train_config": dataclasses.asdict(train_config)},
+        {"env_config": train_config.eval_env_config(), "train_config": dataclasses.asdict(train_config)},
     )
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)

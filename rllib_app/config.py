@@ -42,6 +42,12 @@ class TrainConfig:
     algo: str = flag("impala", "RL algorithm", choices=ALGOS)
     variant: str = flag("exact", "task rules: 'exact' (the spec) or 'seed' (the tutorial's)", choices=VARIANTS)
     action_mask: bool = flag(False, "expose the tools that can apply now and mask the rest out of the policy")
+    hard_fraction: float = flag(
+        0.0, "share of stage-2 training contexts drawn from the memory-required subset", minimum=0, maximum=1
+    )
+    sil_coeff: float = flag(0.0, "self-imitation loss coefficient (0: off)", minimum=0)
+    sil_batch_episodes: int = flag(256, "successful episodes replayed per self-imitation update", minimum=1)
+    sil_capacity: int = flag(20_000, "successful episodes kept for self-imitation", minimum=1)
     # -- resources -------------------------------------------------------------------------
     num_env_runners: int = flag(1, "env runner processes sampling in parallel (0: sample on the driver)", minimum=0)
     num_envs_per_env_runner: int = flag(32, "tool machines stepped by each env runner", minimum=1)
@@ -122,7 +128,19 @@ class TrainConfig:
         )
 
     def env_config(self) -> dict[str, Any]:
+        """The training env's config."""
+        return {**self.eval_env_config(), "hard_fraction": self.hard_fraction}
+
+    def eval_env_config(self) -> dict[str, Any]:
+        """The env as evaluation sees it: uniform contexts, whatever training sampled."""
         return {"variant": self.variant, "action_mask": self.action_mask}
+
+    def learner_config(self) -> dict[str, Any]:
+        return {
+            "sil_coeff": self.sil_coeff,
+            "sil_batch_episodes": self.sil_batch_episodes,
+            "sil_capacity": self.sil_capacity,
+        }
 
     # -- command line --------------------------------------------------------------------------------
     @classmethod

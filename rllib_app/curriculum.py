@@ -8,6 +8,8 @@ runners Ray recreates after a crash.
 
 from __future__ import annotations
 
+import math
+
 from ray.rllib.callbacks.callbacks import RLlibCallback
 
 from envs import NUM_STAGES
@@ -16,6 +18,15 @@ from rllib_app.schedules import Curriculum, CurriculumSettings
 
 def _stage_metric(stage: int, what: str) -> str:
     return f"curriculum/stage_{stage}_{what}"
+
+
+def _count(value) -> int:
+    """A per-iteration episode count; RLlib reports NaN for an iteration without any."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return 0
+    return int(value) if math.isfinite(value) else 0
 
 
 def _tool_machines(env) -> list:
@@ -70,11 +81,10 @@ class CurriculumCallback(RLlibCallback):
 
     def on_train_result(self, *, algorithm, result, **kwargs) -> None:
         runners = result.get("env_runners", {})
-        counts = {}
-        for s in range(NUM_STAGES):
-            n = int(runners.get(_stage_metric(s, "episodes"), 0) or 0)
-            c = int(runners.get(_stage_metric(s, "correct"), 0) or 0)
-            counts[s] = (n, c)
+        counts = {
+            s: (_count(runners.get(_stage_metric(s, "episodes"))), _count(runners.get(_stage_metric(s, "correct"))))
+            for s in range(NUM_STAGES)
+        }
         if self.curriculum.update(counts):
             self.push(algorithm)
         cur = self.curriculum

@@ -23,6 +23,8 @@ from rllib_app.checkpoints import read_run_info, resolve_checkpoint
 
 #: Seed offset so evaluation episodes are never the training stream's.
 EVAL_SEED_OFFSET = 1_000_003
+#: The stage whose accuracy is also reported on the memory-required contexts.
+MEMORY_STAGE = 2
 
 
 def load_module(path: str | pathlib.Path) -> tuple[RLModule, dict[str, Any]]:
@@ -126,4 +128,11 @@ def greedy_accuracy(
             "mean_return": float(np.mean([e.episode_return for e in eps])),
             "episodes": len(eps),
         }
+        if stage == MEMORY_STAGE:
+            # The honest measure of memory: contexts no memory-free program solves.
+            hard = rollout(
+                module, stage, episodes, env_config={**(env_config or {}), "hard_fraction": 1.0},
+                seed=seed + EVAL_SEED_OFFSET * (stage + 7),
+            )
+            report[str(stage)]["memory_required_accuracy"] = float(np.mean([e.correct for e in hard]))
     return report

@@ -100,11 +100,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if iteration % cfg.eval_interval == 0 or out_of_time or out_of_iters:
                 eval_module.set_state(algo.learner_group.get_weights()[MODULE_ID])
                 accuracy = greedy_accuracy(
-                    eval_module, episodes=cfg.eval_episodes, env_config=cfg.env_config(), seed=cfg.seed
+                    eval_module, episodes=cfg.eval_episodes, env_config=cfg.eval_env_config(), seed=cfg.seed
                 )
                 target_reached = all(v["accuracy"] >= cfg.target_accuracy for v in accuracy.values())
                 checkpoint = save_checkpoint(algo, cfg, output, iteration)
-                print(f"eval @ iter {iteration}: greedy accuracy {_format_accuracy(accuracy)}", flush=True)
+                memory = accuracy.get("2", {}).get("memory_required_accuracy")
+                print(
+                    f"eval @ iter {iteration}: greedy accuracy {_format_accuracy(accuracy)}"
+                    + ("" if memory is None else f" (s2 memory-required {memory:.3f})"),
+                    flush=True,
+                )
             if target_reached or out_of_time or out_of_iters:
                 break
     finally:
@@ -116,6 +121,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "target_reached": target_reached,
         "accuracy": {s: v["accuracy"] for s, v in accuracy.items()},
         "mean_return": {s: v["mean_return"] for s, v in accuracy.items()},
+        "stage2_memory_required_accuracy": accuracy.get("2", {}).get("memory_required_accuracy"),
         "env_steps": env_steps,
         "wall_seconds": round(time.time() - start, 1),
         "iterations": iteration,

@@ -45,3 +45,15 @@ def test_state_round_trips():
     other.set_state(cur.get_state())
     assert other.stage == 1 and other.iteration == 1 and other.promotions == [(1, 1)]
     assert other.windowed_accuracy(0) == cur.windowed_accuracy(0)
+
+
+def test_callback_treats_missing_or_nan_counts_as_no_episodes():
+    from rllib_app.curriculum import CurriculumCallback
+
+    cb = CurriculumCallback(CurriculumSettings(window=10))
+    result = {"env_runners": {"curriculum/stage_0_episodes": float("nan"), "curriculum/stage_0_correct": None}}
+    cb.on_train_result(algorithm=None, result=result)
+    assert result["curriculum"]["stage"] == 0 and cb.curriculum.windowed_accuracy(0) == (None, 0)
+    result = {"env_runners": {"curriculum/stage_0_episodes": 4.0, "curriculum/stage_0_correct": 3.0}}
+    cb.on_train_result(algorithm=None, result=result)
+    assert result["curriculum"]["stage_0_sampled_accuracy"] == 0.75

@@ -1,0 +1,160 @@
+"""Self-imitation learning (Oh et al. 2018) as a learner-side loss term.
+
+The learner keeps a replay of *successful* episodes harvested from the batches
+it trains on, and adds to the algorithm's own loss
+
+    L_sil = mean_t[ -log pi(a_t|s_t) * max(R_t - V(s_t), 0) ]
+            + sil_value_coeff * mean_t[ 0.5 * max(R_t - V(s_t), 0)^2 ]
+
+over a uniform sample of replayed episodes. ``R_t`` is the discounted return
+from step ``t``. Only episodes whose every step is inside one batch row are kept:
+a row that begins at the episode's first step (previous action == the start
+token; the module resets its state there, so no recurrent state needs storing)
+and contains the rewarded final step.
+
+Why it matters here: at stage 2 the memory program is a 5-action detour that a
+policy almost never finishes by chance; once it does, SIL replays that episode
+until the policy has learned it instead of letting one gradient step forget it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from ray.rllib.algorithms.impala.torch.impala_torch_learner import IMPALATorchLearner
+from ray.rllib.core.columns import Columns
+
+SIL_DEFAULTS = {
+    "sil_coeff": 0.0,  # 0 turns SIL off
+    "sil_value_coeff": 0.01,
+    "sil_capacity": 20_000,
+    "sil_batch_episodes": 256,
+}
+
+
+class SuccessReplay:
+    """A FIFO ring of successful episodes, padded to ``max_len`` steps."""
+
+    def __init__(self, capacity: int, max_len: int, obs_dim: int, seed: int = 0):
+        self.obs = np.zeros((capacity, max_len, obs_dim), dtype=np.int64)
+        self.actions = np.zeros((capacity, max_len), dtype=np.int64)
+        self.returns = np.zeros((capacity, max_len), dtype=np.float32)
+        self.lengths = np.zeros(capacity, dtype=np.int64)
+        self.capacity, self.max_len = capacity, max_len
+        self.size = self.cursor = self.added = 0
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, obs: np.ndarray, actions: np.ndarray, returns: np.ndarray, length: int) -> None:
+        i = self.cursor
+        self.obs[i] = 0
+        self.actions[i] = 0
+        self.returns[i] = 0
+        self.obs[i, :length] = obs[:length]
+        self.actions[i, :length] = actions[:length]
+        self.returns[i, :length] = returns[:length]
+        self.lengths[i] = length
+        self.cursor = (i + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+        self.added += 1
+
+    def sample(self, n: int):
+        idx = self.rng.integers(0, self.size, size=min(n, self.size))
+        steps = np.arange(self.max_len)[None, :] < self.lengths[idx, None]
+        return self.obs[idx], self.actions[idx], self.returns[idx], steps
+
+
+def harvest_successes(batch, *, prev_action_index: int, start_action: int, gamma: float):
+    """Yield ``(obs, actions, returns, length)`` for every whole rewarded episode
+    in a ``[B, T]`` learner batch (numpy arrays)."""
+    obs = batch[Columns.OBS].detach().cpu().numpy()
+    if obs.ndim != 3:
+        return
+    rewards = batch[Columns.REWARDS].detach().cpu().numpy()
+    actions = batch[Columns.ACTIONS].detach().cpu().numpy()
+    mask = batch[Columns.LOSS_MASK].detach().cpu().numpy().astype(bool)
+    starts = (obs[:, 0, prev_action_index] == start_action) & mask[:, 0]
+    for b in np.flatnonzero(starts):
+        paid = np.flatnonzero((rewards[b] > 0) & mask[b])
+        if len(paid) == 0:
+            continue
+        end = int(paid[0]) + 1
+        # An episode ends at its first rewarded step in this task (reward only at ANS).
+        ret = np.zeros(end, dtype=np.float32)
+        running = 0.0
+        for t in range(end - 1, -1, -1):
+            running = rewards[b, t] + gamma * running
+            ret[t] = running
+        yield obs[b, :end], actions[b, :end], ret, end
+
+
+def self_imitation_loss(module, obs, actions, returns, steps, *, value_coeff: float, device="cpu"):
+    """(total, policy term, value term) of the SIL loss on replayed episodes
+    ``[N, T]`` (``steps`` marks real steps; every episode starts at its first step,
+    so the module starts from its own context-derived state)."""
+    obs_t = torch.as_tensor(obs, device=device)
+    state_in = {
+        k: torch.zeros((len(obs),) + tuple(np.shape(v)), device=device)
+        for k, v in module.get_initial_state().items()
+    }
+    out = module.forward_train({Columns.OBS: obs_t, Columns.STATE_IN: state_in})
+    dist = module.get_train_action_dist_cls().from_logits(out[Columns.ACTION_DIST_INPUTS])
+    logp = dist.logp(torch.as_tensor(actions, device=device))
+    values = module.compute_values({}, embeddings=out[Columns.EMBEDDINGS])
+    steps_t = torch.as_tensor(steps, device=device, dtype=torch.float32)
+    advantage = (torch.as_tensor(returns, device=device) - values).clamp(min=0.0)
+    n = steps_t.sum().clamp(min=1.0)
+    policy_loss = -(logp * advantage.detach() * steps_t).sum() / n
+    value_loss = 0.5 * (advantage.pow(2) * steps_t).sum() / n
+    return policy_loss + value_coeff * value_loss, policy_loss, value_loss
+
+
+class SelfImitationIMPALALearner(IMPALATorchLearner):
+    """IMPALA's V-trace loss plus the self-imitation term (when ``sil_coeff`` > 0)."""
+
+    def _sil_settings(self, config) -> dict:
+        return {**SIL_DEFAULTS, **{k: v for k, v in config.learner_config_dict.items() if k in SIL_DEFAULTS}}
+
+    def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
+        loss = super().compute_loss_for_module(module_id=module_id, config=config, batch=batch, fwd_out=fwd_out)
+        sil = self._sil_settings(config)
+        if sil["sil_coeff"] <= 0:
+            return loss
+        module = self.module[module_id].unwrapped()
+        layout = module.model_config
+        replay = self._replays(module_id, batch, sil, layout, config.seed)
+        for episode in harvest_successes(
+            batch,
+            prev_action_index=layout["prev_action_index"],
+            start_action=layout["start_action"],
+            gamma=config.gamma,
+        ):
+            replay.add(*episode)
+        if len(replay) == 0:
+            return loss
+        sil_loss, policy_loss, value_loss = self_imitation_loss(
+            module, *replay.sample(sil["sil_batch_episodes"]),
+            value_coeff=sil["sil_value_coeff"], device=batch[Columns.OBS].device,
+        )
+        self.metrics.log_dict(
+            {
+                "sil_policy_loss": policy_loss,
+                "sil_value_loss": value_loss,
+                "sil_replay_size": float(len(replay)),
+                "sil_episodes_added": float(replay.added),
+            },
+            key=module_id,
+            window=1,
+        )
+        return loss + sil["sil_coeff"] * sil_loss
+
+    def _replays(self, module_id, batch, sil, layout, seed) -> SuccessReplay:
+        replays = self.__dict__.setdefault("_sil_replays", {})
+        if module_id not in replays:
+            obs_dim = batch[Columns.OBS].shape[-1]
+            replays[module_id] = SuccessReplay(
+                sil["sil_capacity"], int(layout["max_seq_len"]), obs_dim, seed=seed or 0
+            )
+        return replays[module_id]
