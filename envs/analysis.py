@@ -19,12 +19,15 @@ from envs.machine import (
     ADD,
     ANS,
     ARITHMETIC,
+    IDENTITY,
     MUL,
     RCL,
     SEED_EPISODE_TOKENS,
     STAGE_DIGITS,
     STO,
     SUB,
+    combine,
+    stage_target,
 )
 
 
@@ -37,23 +40,8 @@ def all_contexts(num_digits: int) -> np.ndarray:
 
 
 def targets(stage: int, contexts: np.ndarray) -> np.ndarray:
-    a, b, c = contexts[:, 0], contexts[:, 1], contexts[:, 2]
-    if stage == 0:
-        return a * b + c
-    if stage == 1:
-        return a * b + c - contexts[:, 3]
-    return (a * b + c) - contexts[:, 3] * contexts[:, 4]
-
-
-def _combine(tool: int, left, right):
-    if tool == MUL:
-        return left * right
-    if tool == ADD:
-        return left + right
-    return left - right
-
-
-_IDENTITY = {MUL: 1, ADD: 0, SUB: 0}
+    """The target of every context (rows of ``contexts``)."""
+    return stage_target(stage, contexts.T)
 
 
 @dataclass(frozen=True)
@@ -69,12 +57,12 @@ class _Branch:
         """The next branch, or None when ``tool`` cannot apply (a wasted step)."""
         if tool in ARITHMETIC:
             if self.armed:
-                right = _IDENTITY[tool] if self.acc is None else self.acc
-                return _Branch(_combine(tool, self.mem, right), None, self.cursor, False)
+                right = IDENTITY[tool] if self.acc is None else self.acc
+                return _Branch(combine(tool, self.mem, right), None, self.cursor, False)
             if self.cursor >= contexts.shape[1]:
                 return None
-            left = _IDENTITY[tool] if self.acc is None else self.acc
-            acc = _combine(tool, left, contexts[:, self.cursor])
+            left = IDENTITY[tool] if self.acc is None else self.acc
+            acc = combine(tool, left, contexts[:, self.cursor])
             return _Branch(acc, self.mem, self.cursor + 1, False)
         if tool == STO:
             return None if self.acc is None else _Branch(None, self.acc, self.cursor, self.armed)

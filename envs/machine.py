@@ -26,7 +26,8 @@ STAGE_DIGITS = {0: 3, 1: 4, 2: 5}
 
 
 def stage_target(stage: int, digits: Sequence[int]) -> int:
-    """The value the agent must submit at ``stage`` for context ``digits``."""
+    """The value the agent must submit at ``stage`` for context ``digits``
+    (also vectorised: pass the digit columns of many contexts)."""
     a, b, c = digits[0], digits[1], digits[2]
     if stage == 0:
         return a * b + c
@@ -37,7 +38,8 @@ def stage_target(stage: int, digits: Sequence[int]) -> int:
     raise ValueError(f"stage must be 0, 1 or 2, got {stage!r}")
 
 
-def _combine(tool: int, left: int, right: int) -> int:
+def combine(tool: int, left, right):
+    """``left ∘ right`` for an arithmetic tool (ints or numpy arrays alike)."""
     if tool == MUL:
         return left * right
     if tool == ADD:
@@ -45,7 +47,8 @@ def _combine(tool: int, left: int, right: int) -> int:
     return left - right
 
 
-_IDENTITY = {MUL: 1, ADD: 0, SUB: 0}
+#: What an empty accumulator acts as, per arithmetic tool.
+IDENTITY = {MUL: 1, ADD: 0, SUB: 0}
 
 
 @dataclass(frozen=True)
@@ -76,11 +79,11 @@ def apply_tool(state: MachineState, tool: int, digits: Sequence[int]) -> Machine
         return state
     if tool in ARITHMETIC:
         if state.armed:
-            right = _IDENTITY[tool] if state.acc is None else state.acc
-            return replace(state, acc=_combine(tool, state.mem, right), mem=None, armed=False)
-        left = _IDENTITY[tool] if state.acc is None else state.acc
+            right = IDENTITY[tool] if state.acc is None else state.acc
+            return replace(state, acc=combine(tool, state.mem, right), mem=None, armed=False)
+        left = IDENTITY[tool] if state.acc is None else state.acc
         return replace(
-            state, acc=_combine(tool, left, digits[state.cursor]), cursor=state.cursor + 1
+            state, acc=combine(tool, left, digits[state.cursor]), cursor=state.cursor + 1
         )
     if tool == STO:
         return replace(state, mem=state.acc, acc=None)

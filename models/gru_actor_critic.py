@@ -83,11 +83,9 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI):
     # -- forward passes ---------------------------------------------------------------
     @override(TorchRLModule)
     def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
-        features, state_out, mask = self._unroll(batch)
-        return {
-            Columns.ACTION_DIST_INPUTS: self._logits(features, mask),
-            Columns.STATE_OUT: state_out,
-        }
+        out = self._forward_train(batch)
+        del out[Columns.EMBEDDINGS]
+        return out
 
     @override(TorchRLModule)
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
