@@ -71,6 +71,8 @@ def resolve_checkpoint(path: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     for root in (p, p / "checkpoint"):
         if (root / MODULE_SUBDIR / "class_and_ctor_args.pkl").is_file():
+            # absolute: RLlib hands the path to pyarrow, which wants a URI or an absolute path
+            root = root.resolve()
             return root, root / MODULE_SUBDIR
     raise CheckpointError(
         f"{str(path)!r} is not a toolagent checkpoint (no {MODULE_SUBDIR} inside); pass a "

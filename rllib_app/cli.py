@@ -91,9 +91,13 @@ def _cmd_eval(args) -> int:
     if args.json:
         print(json.dumps({"stages": report}))
     else:
-        print(f"{'stage':>5}  {'accuracy':>8}  {'mean return':>11}  {'episodes':>8}")
+        print(f"{'stage':>5}  {'accuracy':>8}  {'mean return':>11}  {'episodes':>8}  memory-required accuracy")
         for stage, r in report.items():
-            print(f"{stage:>5}  {r['accuracy']:8.3f}  {r['mean_return']:11.3f}  {r['episodes']:8d}")
+            memory = r.get("memory_required_accuracy")
+            print(
+                f"{stage:>5}  {r['accuracy']:8.3f}  {r['mean_return']:11.3f}  {r['episodes']:8d}"
+                + ("" if memory is None else f"  {memory:.3f}")
+            )
     return 0
 
 

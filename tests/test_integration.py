@@ -1,11 +1,12 @@
 """Real Ray, real RLlib: training, the curriculum on every env, checkpoints, eval."""
 
 import json
+import os
 
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +44,9 @@ def test_train_then_eval_and_explain_from_the_command_line(tmp_path):
     # the checkpoint's greedy accuracy is what training reported for it
     assert {s: v["accuracy"] for s, v in report["stages"].items()} == summary["accuracy"]
 
-    proc = run_cli("explain", str(out / "checkpoint"), "--stage", "1", "-n", "3", timeout=120)
+    # a relative path works too (RLlib's loader needs it made absolute)
+    relative = os.path.relpath(out / "checkpoint", ROOT)
+    proc = run_cli("explain", relative, "--stage", "1", "-n", "3", timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     assert lines[1].split() == ["context", "target", "tools", "answer", "correct"]
