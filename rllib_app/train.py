@@ -89,10 +89,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             rate = (env_steps - last_steps) / max(now - last_time, 1e-9)
             last_steps, last_time = env_steps, now
             cur = result.get("curriculum", {})
+            replay = result.get("learners", {}).get(MODULE_ID, {}).get("sil_replay_size")
             print(
                 f"iter {iteration:4d} | stage {cur.get('stage', curriculum.stage)} | sampled acc "
                 f"{_format_accuracy(cur, 'sampled_accuracy')} | env steps {env_steps:,} | "
-                f"{rate:,.0f} steps/s | {now - start:6.1f} s",
+                f"{rate:,.0f} steps/s | {now - start:6.1f} s"
+                + ("" if replay is None else f" | SIL replay {int(replay):,}"),
                 flush=True,
             )
             out_of_time = (now - start) / 60 >= cfg.max_minutes
