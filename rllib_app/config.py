@@ -48,6 +48,9 @@ class TrainConfig:
     sil_coeff: float = flag(0.0, "self-imitation loss coefficient (0: off)", minimum=0)
     sil_batch_episodes: int = flag(256, "successful episodes replayed per self-imitation update", minimum=1)
     sil_capacity: int = flag(20_000, "successful episodes kept for self-imitation", minimum=1)
+    sil_priority_alpha: float = flag(
+        0.0, "self-imitation replay in proportion to (R-V)+ ** alpha (0: uniform)", minimum=0
+    )
     # -- resources -------------------------------------------------------------------------
     num_env_runners: int = flag(1, "env runner processes sampling in parallel (0: sample on the driver)", minimum=0)
     num_envs_per_env_runner: int = flag(32, "tool machines stepped by each env runner", minimum=1)
@@ -140,6 +143,7 @@ class TrainConfig:
             "sil_coeff": self.sil_coeff,
             "sil_batch_episodes": self.sil_batch_episodes,
             "sil_capacity": self.sil_capacity,
+            "sil_priority_alpha": self.sil_priority_alpha,
         }
 
     # -- command line --------------------------------------------------------------------------------

@@ -29,17 +29,27 @@ SIL_DEFAULTS = {
     "sil_value_coeff": 0.01,
     "sil_capacity": 20_000,
     "sil_batch_episodes": 256,
+    # Oh et al. replay in proportion to (R - V)+ ** alpha; 0 samples uniformly.
+    "sil_priority_alpha": 0.0,
 }
 
 
 class SuccessReplay:
-    """A FIFO ring of successful episodes, padded to ``max_len`` steps."""
+    """A FIFO ring of successful episodes, padded to ``max_len`` steps.
 
-    def __init__(self, capacity: int, max_len: int, obs_dim: int, seed: int = 0):
+    With ``alpha`` > 0, episodes are drawn in proportion to ``priority ** alpha``,
+    where the priority is the episode's mean clipped advantage ``(R - V)+`` when it
+    was last replayed (new episodes get the highest priority seen). Episodes the
+    policy has already mastered (V close to R) then stop crowding out rare ones.
+    """
+
+    def __init__(self, capacity: int, max_len: int, obs_dim: int, seed: int = 0, alpha: float = 0.0):
         self.obs = np.zeros((capacity, max_len, obs_dim), dtype=np.int64)
         self.actions = np.zeros((capacity, max_len), dtype=np.int64)
         self.returns = np.zeros((capacity, max_len), dtype=np.float32)
         self.lengths = np.zeros(capacity, dtype=np.int64)
+        self.priorities = np.zeros(capacity, dtype=np.float64)
+        self.alpha, self.max_priority = alpha, 1.0
         self.capacity, self.max_len = capacity, max_len
         self.size = self.cursor = self.added = 0
         self.rng = np.random.default_rng(seed)
@@ -56,14 +66,25 @@ class SuccessReplay:
         self.actions[i, :length] = actions[:length]
         self.returns[i, :length] = returns[:length]
         self.lengths[i] = length
+        self.priorities[i] = self.max_priority
         self.cursor = (i + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
         self.added += 1
 
     def sample(self, n: int):
-        idx = self.rng.integers(0, self.size, size=min(n, self.size))
+        """``(indices, obs, actions, returns, steps)`` of ``n`` episodes."""
+        if self.alpha > 0:
+            weights = self.priorities[: self.size] ** self.alpha
+            idx = self.rng.choice(self.size, size=n, p=weights / weights.sum())
+        else:
+            idx = self.rng.integers(0, self.size, size=n)
         steps = np.arange(self.max_len)[None, :] < self.lengths[idx, None]
-        return self.obs[idx], self.actions[idx], self.returns[idx], steps
+        return idx, self.obs[idx], self.actions[idx], self.returns[idx], steps
+
+    def update_priorities(self, idx: np.ndarray, priorities: np.ndarray) -> None:
+        priorities = np.maximum(priorities, 1e-6)
+        self.priorities[idx] = priorities
+        self.max_priority = max(self.max_priority, float(priorities.max()))
 
 
 def harvest_successes(batch, *, prev_action_index: int, start_action: int, gamma: float):
@@ -91,7 +112,7 @@ def harvest_successes(batch, *, prev_action_index: int, start_action: int, gamma
 
 
 def self_imitation_loss(module, obs, actions, returns, steps, *, value_coeff: float, device="cpu"):
-    """(total, policy term, value term) of the SIL loss on replayed episodes
+    """(total, policy term, value term, per-episode mean advantage) of the SIL loss on replayed episodes
     ``[N, T]`` (``steps`` marks real steps; every episode starts at its first step,
     so the module starts from its own context-derived state)."""
     obs_t = torch.as_tensor(obs, device=device)
@@ -108,7 +129,8 @@ def self_imitation_loss(module, obs, actions, returns, steps, *, value_coeff: fl
     n = steps_t.sum().clamp(min=1.0)
     policy_loss = -(logp * advantage.detach() * steps_t).sum() / n
     value_loss = 0.5 * (advantage.pow(2) * steps_t).sum() / n
-    return policy_loss + value_coeff * value_loss, policy_loss, value_loss
+    per_episode = ((advantage.detach() * steps_t).sum(1) / steps_t.sum(1).clamp(min=1.0)).cpu().numpy()
+    return policy_loss + value_coeff * value_loss, policy_loss, value_loss, per_episode
 
 
 class SelfImitationIMPALALearner(IMPALATorchLearner):
@@ -134,10 +156,11 @@ class SelfImitationIMPALALearner(IMPALATorchLearner):
             replay.add(*episode)
         if len(replay) == 0:
             return loss
-        sil_loss, policy_loss, value_loss = self_imitation_loss(
-            module, *replay.sample(sil["sil_batch_episodes"]),
-            value_coeff=sil["sil_value_coeff"], device=batch[Columns.OBS].device,
+        idx, *episodes = replay.sample(sil["sil_batch_episodes"])
+        sil_loss, policy_loss, value_loss, advantages = self_imitation_loss(
+            module, *episodes, value_coeff=sil["sil_value_coeff"], device=batch[Columns.OBS].device
         )
+        replay.update_priorities(idx, advantages)
         self.metrics.log_dict(
             {
                 "sil_policy_loss": policy_loss,
@@ -155,6 +178,7 @@ class SelfImitationIMPALALearner(IMPALATorchLearner):
         if module_id not in replays:
             obs_dim = batch[Columns.OBS].shape[-1]
             replays[module_id] = SuccessReplay(
-                sil["sil_capacity"], int(layout["max_seq_len"]), obs_dim, seed=seed or 0
+                sil["sil_capacity"], int(layout["max_seq_len"]), obs_dim, seed=seed or 0,
+                alpha=sil["sil_priority_alpha"],
             )
         return replays[module_id]

@@ -102,13 +102,17 @@ def test_checkpoint_restore_keeps_weights_and_stage(local_ray, tmp_path):
     from rllib_app.config import TrainConfig
     from rllib_app.curriculum import find_curriculum_callback
 
-    # no remote runners: the local env runner samples and must follow the stage too
+    # no remote runners: the local env runner samples and must follow the stage too;
+    # with the stage-2 levers on, so the self-imitation learner is checkpointed as well
     cfg = TrainConfig(num_env_runners=0, schedule="fixed", fixed_stages="0,1",
-                      iterations_per_stage_entry=1, **SMALL)
+                      iterations_per_stage_entry=1, sil_coeff=1.0, action_mask=True,
+                      hard_fraction=0.8, **SMALL)
     algo = _build(cfg)
     try:
         algo.train()
-        algo.train()
+        learner = algo.train()["learners"][MODULE_ID]
+        # successful episodes were harvested from the real batches and replayed
+        assert learner["sil_replay_size"] > 0 and np.isfinite(learner["sil_policy_loss"])
         path = save_checkpoint(algo, cfg, tmp_path, 2)
         weights = algo.learner_group.get_weights()[MODULE_ID]
         curriculum = find_curriculum_callback(algo).curriculum.get_state()

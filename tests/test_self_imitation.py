@@ -65,7 +65,7 @@ def test_replay_is_a_ring_and_samples_real_steps():
     for n in (2, 3, 4, 5):
         replay.add(np.full((n, 4), n), np.full(n, n), np.ones(n), n)
     assert len(replay) == 3 and replay.added == 4
-    obs, actions, returns, steps = replay.sample(50)
+    _, obs, actions, returns, steps = replay.sample(50)
     assert set(steps.sum(1)) <= {3, 4, 5}  # the first episode was overwritten
     assert all((actions[i, : steps[i].sum()] == steps[i].sum()).all() for i in range(len(actions)))
 
@@ -88,7 +88,8 @@ def test_sil_policy_term_teaches_the_replayed_program():
     optimizer = torch.optim.Adam(module.parameters(), lr=3e-3)
     for _ in range(150):
         # value term off: the advantage stays near R, so this is imitation of the replay
-        loss, policy_loss, value_loss = self_imitation_loss(module, *replay.sample(20), value_coeff=0.0)
+        _, *episodes = replay.sample(20)
+        loss, policy_loss, value_loss, _ = self_imitation_loss(module, *episodes, value_coeff=0.0)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -106,9 +107,22 @@ def test_sil_ignores_steps_whose_value_already_exceeds_the_return():
     n = len(ep["actions"])
     replay = SuccessReplay(capacity=1, max_len=T, obs_dim=ep["obs"].shape[1])
     replay.add(ep["obs"], ep["actions"], np.full(n, -100.0, dtype=np.float32), n)  # R far below any V
-    loss, policy_loss, value_loss = self_imitation_loss(module, *replay.sample(1), value_coeff=1.0)
+    loss, policy_loss, value_loss, advantage = self_imitation_loss(module, *replay.sample(1)[1:], value_coeff=1.0)
     assert loss.item() == 0.0 and policy_loss.item() == 0.0 and value_loss.item() == 0.0
+    assert advantage.tolist() == [0.0]
     # and with R above V, the value term pulls V up towards R
     replay.add(ep["obs"], ep["actions"], np.full(n, 100.0, dtype=np.float32), n)
-    _, _, value_loss = self_imitation_loss(module, *replay.sample(1), value_coeff=1.0)
-    assert value_loss.item() > 1000
+    _, _, value_loss, advantage = self_imitation_loss(module, *replay.sample(1)[1:], value_coeff=1.0)
+    assert value_loss.item() > 1000 and advantage[0] > 90
+
+
+def test_prioritised_replay_prefers_episodes_with_large_advantage():
+    replay = SuccessReplay(capacity=10, max_len=T, obs_dim=2, seed=0, alpha=1.0)
+    for n in range(1, 11):
+        replay.add(np.zeros((n, 2)), np.zeros(n), np.ones(n), n)
+    assert np.all(replay.priorities == 1.0)  # new episodes: the highest priority seen
+    replay.update_priorities(np.arange(10), np.array([0.0] * 9 + [1.0]))
+    idx, *_ = replay.sample(1000)
+    assert (idx == 9).mean() > 0.99  # mastered episodes (advantage 0) are all but never drawn
+    replay.add(np.zeros((3, 2)), np.zeros(3), np.ones(3), 3)  # overwrites slot 0
+    assert replay.priorities[0] == 1.0
