@@ -20,13 +20,18 @@ def _stage_metric(stage: int, what: str) -> str:
     return f"curriculum/stage_{stage}_{what}"
 
 
-def _count(value) -> int:
-    """A per-iteration episode count; RLlib reports NaN for an iteration without any."""
+def finite_metric(value) -> float | None:
+    """A reported metric as a float, or None where RLlib reported nothing
+    (missing, or NaN for an iteration without any values)."""
     try:
         value = float(value)
     except (TypeError, ValueError):
-        return 0
-    return int(value) if math.isfinite(value) else 0
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _count(value) -> int:
+    return int(finite_metric(value) or 0)
 
 
 def _tool_machines(env) -> list:

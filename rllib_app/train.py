@@ -19,7 +19,6 @@ IMPALA. README.md has the measured table.
 
 from __future__ import annotations
 
-import math
 import pathlib
 import time
 from typing import Any
@@ -30,7 +29,7 @@ from envs import NUM_STAGES
 from rllib_app.algorithms import MODULE_ID, build_config, module_spec
 from rllib_app.checkpoints import save_checkpoint, write_json_atomic
 from rllib_app.config import TrainConfig
-from rllib_app.curriculum import find_curriculum_callback
+from rllib_app.curriculum import find_curriculum_callback, finite_metric
 from rllib_app.evaluate import greedy_accuracy
 
 
@@ -49,15 +48,6 @@ def init_ray(cfg: TrainConfig) -> None:
         configure_logging=True,
         logging_level="WARNING",
     )
-
-
-def _finite(value) -> float | None:
-    """A metric as a float, or None when RLlib reported nothing (missing or NaN)."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
 
 
 def _format_accuracy(acc: dict[str, Any], key: str | None = None) -> str:
@@ -99,7 +89,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             rate = (env_steps - last_steps) / max(now - last_time, 1e-9)
             last_steps, last_time = env_steps, now
             cur = result.get("curriculum", {})
-            replay = _finite(result.get("learners", {}).get(MODULE_ID, {}).get("sil_replay_size"))
+            replay = finite_metric(result.get("learners", {}).get(MODULE_ID, {}).get("sil_replay_size"))
             print(
                 f"iter {iteration:4d} | stage {cur.get('stage', curriculum.stage)} | sampled acc "
                 f"{_format_accuracy(cur, 'sampled_accuracy')} | env steps {env_steps:,} | "
