@@ -9,8 +9,11 @@ module knows RLModule but not the env):
 * at an episode's first step (previous action == the start token) the hidden
   state is set to ``tanh(W x)``: a context-dependent initial state, computed
   inside the module because RLlib's initial state is constant;
-* every step feeds ``[embed(previous action), x]`` to a GRU cell; policy and
-  value heads read the GRU output;
+* every step feeds ``embed(previous action)`` to a GRU cell, joined with ``x``
+  when ``context_every_step`` is on; policy and value heads read the GRU output.
+  With it off, the context reaches the GRU only through the initial state, so a
+  context-independent program is the easiest thing to represent (stages 0-2 each
+  have one); with it on, per-context programs are just as easy;
 * where the observation carries an action mask, masked tools get a logit of
   ``-1e9`` (all ones when the env's mask is off, so nothing changes).
 
@@ -50,8 +53,9 @@ REQUIRED_KEYS = (
 
 class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI):
     """Stage-aware GRU actor-critic. ``model_config``: the layout keys in
-    ``REQUIRED_KEYS`` plus ``hidden_size`` (128), ``embed_dim`` (32) and
-    ``max_seq_len`` (RLlib needs it for stateful modules)."""
+    ``REQUIRED_KEYS`` plus ``hidden_size`` (128), ``embed_dim`` (32),
+    ``context_every_step`` (True) and ``max_seq_len`` (RLlib needs it for
+    stateful modules)."""
 
     @override(TorchRLModule)
     def setup(self):
@@ -63,6 +67,7 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI):
         hidden = int(cfg.get("hidden_size", 128))
         embed = int(cfg.get("embed_dim", 32))
         self._hidden_size = hidden
+        self._context_every_step = bool(cfg.get("context_every_step", True))
         n_ctx = self._layout["context_len"]
         n_act = self._layout["num_actions"]
 
@@ -72,7 +77,7 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI):
         self.initial_state = nn.Linear(hidden, hidden)
         # +1: the start token is an input but never an output.
         self.action_embedding = nn.Embedding(n_act + 1, embed)
-        self.gru = nn.GRUCell(embed + hidden, hidden)
+        self.gru = nn.GRUCell(embed + (hidden if self._context_every_step else 0), hidden)
         self.policy_head = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, n_act))
         self.value_head = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1))
 
@@ -121,7 +126,9 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI):
             [self.context_embedding(context).flatten(-2), self.stage_embedding(stage)], dim=-1
         )
         context_features = self.context_encoder(tokens)  # [B, T, H]
-        step_inputs = torch.cat([self.action_embedding(prev_action), context_features], dim=-1)
+        step_inputs = self.action_embedding(prev_action)
+        if self._context_every_step:
+            step_inputs = torch.cat([step_inputs, context_features], dim=-1)
         starts = (prev_action == lay["start_action"]).unsqueeze(-1)  # [B, T, 1]
         initial = torch.tanh(self.initial_state(context_features))
 

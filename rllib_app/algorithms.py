@@ -40,6 +40,7 @@ def module_spec(cfg: TrainConfig) -> RLModuleSpec:
         model_config={
             **observation_layout(),
             "hidden_size": cfg.hidden_size,
+            "context_every_step": cfg.context_every_step,
             "max_seq_len": MAX_SEQ_LEN,
         },
     )

@@ -75,6 +75,9 @@ class TrainConfig:
     train_batch_size_per_learner: int = flag(1024, "env steps per gradient step and learner", minimum=1)
     rollout_fragment_length: int = flag(16, "env steps each env contributes to one sample() call", minimum=1)
     hidden_size: int = flag(128, "GRU hidden size", minimum=1)
+    context_every_step: bool = flag(
+        True, "feed the context features to the GRU at every step, not only into its initial state"
+    )
     # -- stopping, evaluation, output ---------------------------------------------------------------
     target_accuracy: float = flag(0.99, "stop when greedy accuracy on every stage reaches this", minimum=0, maximum=1)
     max_minutes: float = flag(15.0, "wall-clock budget of the run", minimum=0, strict_min=True)

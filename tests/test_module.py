@@ -34,8 +34,9 @@ def initial_state(module, batch):
     return {"h": torch.zeros(batch, module._hidden_size)}
 
 
-def test_unrolling_a_sequence_equals_stepping_it():
-    module = make_module()
+@pytest.mark.parametrize("context_every_step", [True, False])
+def test_unrolling_a_sequence_equals_stepping_it(context_every_step):
+    module = make_module(context_every_step=context_every_step)
     obs = torch.as_tensor(episode_observations(2, (3, 4, 5, 6, 7), general_program(2)))[None]
     whole = module.forward_train({Columns.OBS: obs, Columns.STATE_IN: initial_state(module, 1)})
     state = initial_state(module, 1)
@@ -51,9 +52,10 @@ def test_unrolling_a_sequence_equals_stepping_it():
     assert values.shape == (1, obs.shape[1])
 
 
-def test_each_row_of_a_batch_sees_its_own_context():
+@pytest.mark.parametrize("context_every_step", [True, False])
+def test_each_row_of_a_batch_sees_its_own_context(context_every_step):
     """The tutorial's defect: a [B,d] context mean broadcast against [B,1,d]."""
-    module = make_module()
+    module = make_module(context_every_step=context_every_step)
     contexts = [(1, 2, 3, 4, 5), (9, 8, 7, 6, 5), (0, 0, 0, 0, 0), (5, 5, 1, 2, 9)]
     obs = torch.stack([torch.as_tensor(episode_observations(2, c, [MUL, ANS])) for c in contexts])
     batched = module.forward_train({Columns.OBS: obs, Columns.STATE_IN: initial_state(module, 4)})
