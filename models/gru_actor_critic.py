@@ -54,7 +54,7 @@ REQUIRED_KEYS = (
 class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI):
     """Stage-aware GRU actor-critic. ``model_config``: the layout keys in
     ``REQUIRED_KEYS`` plus ``hidden_size`` (128), ``embed_dim`` (32),
-    ``context_every_step`` (True) and ``max_seq_len`` (RLlib needs it for
+    ``context_every_step`` (False) and ``max_seq_len`` (RLlib needs it for
     stateful modules)."""
 
     @override(TorchRLModule)
@@ -67,7 +67,7 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI):
         hidden = int(cfg.get("hidden_size", 128))
         embed = int(cfg.get("embed_dim", 32))
         self._hidden_size = hidden
-        self._context_every_step = bool(cfg.get("context_every_step", True))
+        self._context_every_step = bool(cfg.get("context_every_step", False))
         n_ctx = self._layout["context_len"]
         n_act = self._layout["num_actions"]
 
