@@ -136,6 +136,11 @@ def self_imitation_loss(module, obs, actions, returns, steps, *, value_coeff: fl
 class SelfImitationIMPALALearner(IMPALATorchLearner):
     """IMPALA's V-trace loss plus the self-imitation term (when ``sil_coeff`` > 0)."""
 
+    def build(self) -> None:
+        super().build()
+        # One replay per module, created at the first batch (it needs the obs width).
+        self._sil_replays: dict[str, SuccessReplay] = {}
+
     def _sil_settings(self, config) -> dict:
         return {**SIL_DEFAULTS, **{k: v for k, v in config.learner_config_dict.items() if k in SIL_DEFAULTS}}
 
@@ -174,7 +179,7 @@ class SelfImitationIMPALALearner(IMPALATorchLearner):
         return loss + sil["sil_coeff"] * sil_loss
 
     def _replays(self, module_id, batch, sil, layout, seed) -> SuccessReplay:
-        replays = self.__dict__.setdefault("_sil_replays", {})
+        replays = self._sil_replays
         if module_id not in replays:
             obs_dim = batch[Columns.OBS].shape[-1]
             replays[module_id] = SuccessReplay(
