@@ -84,7 +84,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         while True:
             result = algo.train()
             iteration = int(result.get("training_iteration", iteration + 1))
-            env_steps = int(result.get("env_runners", {}).get("num_env_steps_sampled_lifetime", env_steps) or env_steps)
+            sampled = finite_metric(result.get("env_runners", {}).get("num_env_steps_sampled_lifetime"))
+            env_steps = int(sampled) if sampled is not None else env_steps
             now = time.time()
             rate = (env_steps - last_steps) / max(now - last_time, 1e-9)
             last_steps, last_time = env_steps, now
