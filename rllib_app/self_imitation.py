@@ -6,7 +6,8 @@ it trains on, and adds to the algorithm's own loss
     L_sil = mean_t[ -log pi(a_t|s_t) * max(R_t - V(s_t), 0) ]
             + sil_value_coeff * mean_t[ 0.5 * max(R_t - V(s_t), 0)^2 ]
 
-over a uniform sample of replayed episodes. ``R_t`` is the discounted return
+over a sample of replayed episodes (uniform, or prioritised by ``(R - V)+``).
+``R_t`` is the discounted return
 from step ``t``. Only episodes whose every step is inside one batch row are kept:
 a row that begins at the episode's first step (previous action == the start
 token; the module resets its state there, so no recurrent state needs storing)
@@ -24,6 +25,8 @@ import torch
 from ray.rllib.algorithms.impala.torch.impala_torch_learner import IMPALATorchLearner
 from ray.rllib.core.columns import Columns
 
+#: Fallbacks for a learner built without these keys in ``learner_config_dict``
+#: (SIL off). The product's defaults live in ``rllib_app.config.TrainConfig``.
 SIL_DEFAULTS = {
     "sil_coeff": 0.0,  # 0 turns SIL off
     "sil_value_coeff": 0.01,
