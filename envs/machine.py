@@ -21,8 +21,13 @@ ACTION_NAMES = ("MUL", "ADD", "SUB", "STO", "RCL", "ANS")
 NUM_ACTIONS = len(ACTION_NAMES)
 ARITHMETIC = (MUL, ADD, SUB)
 
-#: Context digits shown per stage (stages 0-2).
-STAGE_DIGITS = {0: 3, 1: 4, 2: 5}
+#: Context digits shown per stage. Stages 0-2 are the spec's; 3 and 4 are memory
+#: drills (shorter targets that also need STO/RCL), a curriculum lever for stage 2.
+STAGE_DIGITS = {0: 3, 1: 4, 2: 5, 3: 3, 4: 4}
+#: The target of each stage, as text (digits named a, b, c, d, e in reading order).
+STAGE_FORMULAS = {0: "a*b+c", 1: "(a*b+c)-d", 2: "(a*b+c)-(d*e)", 3: "a-b*c", 4: "a*b-c*d"}
+#: The stages that cannot be solved on every context without STO/RCL.
+MEMORY_STAGES = (2, 3, 4)
 
 
 def stage_target(stage: int, digits: Sequence[int]) -> int:
@@ -35,7 +40,11 @@ def stage_target(stage: int, digits: Sequence[int]) -> int:
         return a * b + c - digits[3]
     if stage == 2:
         return (a * b + c) - (digits[3] * digits[4])
-    raise ValueError(f"stage must be 0, 1 or 2, got {stage!r}")
+    if stage == 3:
+        return a - b * c
+    if stage == 4:
+        return a * b - c * digits[3]
+    raise ValueError(f"stage must be one of {sorted(STAGE_DIGITS)}, got {stage!r}")
 
 
 def combine(tool: int, left, right):

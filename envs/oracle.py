@@ -1,4 +1,4 @@
-"""The oracle: correct programs for any task of stages 0-2.
+"""The oracle: correct programs for any task of stages 0-4.
 
 * ``general_program(stage)`` is the spec's compiler for these stages: one program
   that is correct on every context of the stage (and the shortest such program,
@@ -32,6 +32,8 @@ _GENERAL = {
     0: (MUL, MUL, ADD, ANS),
     1: (MUL, MUL, ADD, SUB, ANS),
     2: (MUL, MUL, ADD, STO, MUL, MUL, RCL, SUB, ANS),
+    3: (MUL, STO, MUL, MUL, RCL, SUB, ANS),
+    4: (MUL, MUL, STO, MUL, MUL, RCL, SUB, ANS),
 }
 
 
@@ -40,6 +42,26 @@ def general_program(stage: int) -> tuple[int, ...]:
     if stage not in _GENERAL:
         raise ValueError(f"stage must be one of {sorted(_GENERAL)}, got {stage!r}")
     return _GENERAL[stage]
+
+
+def general_path(stage: int, digits: Sequence[int]) -> tuple[MachineState, ...]:
+    """The machine states the general program passes through on ``digits``, after
+    each of its tools before ``ANS`` (the empty start state excluded)."""
+    state, path = MachineState(), []
+    for tool in general_program(stage)[:-1]:
+        state = apply_tool(state, tool, digits)
+        path.append(state)
+    return tuple(path)
+
+
+def progress(state: MachineState, path: Sequence[MachineState]) -> float:
+    """How far along ``path`` the machine is, in [0, 1]: ``i / len(path)`` when its
+    registers equal the path's i-th state, else 0. A potential for shaping: it reads
+    only the machine's state, never the actions that led there."""
+    for i in range(len(path), 0, -1):
+        if path[i - 1] == state:
+            return i / len(path)
+    return 0.0
 
 
 def shortest_program(stage: int, digits: Sequence[int], max_steps: int = 12) -> tuple[int, ...] | None:

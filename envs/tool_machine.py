@@ -24,6 +24,7 @@ import numpy as np
 from envs.analysis import memory_required_contexts
 from envs.machine import (
     ANS,
+    MEMORY_STAGES,
     NUM_ACTIONS,
     SEED_EPISODE_TOKENS,
     STAGE_DIGITS,
@@ -35,9 +36,12 @@ from envs.machine import (
     stage_target,
     tool_applies,
 )
+from envs.oracle import general_path, progress
 
 VARIANTS = ("exact", "seed")
 NUM_STAGES = len(STAGE_DIGITS)
+#: The spec's stages (the tutorial's three); the ``seed`` variant defines only these.
+SPEC_STAGES = (0, 1, 2)
 #: Longest context of any stage; shorter ones are padded with ``PAD_TOKEN``.
 CONTEXT_LEN = max(STAGE_DIGITS.values())
 #: Context tokens: digits 0-9, three operator tokens reserved for expression
@@ -48,7 +52,7 @@ CONTEXT_VOCAB = 14
 START_ACTION = NUM_ACTIONS
 DEFAULT_MAX_STEPS = 12
 
-_CONFIG_KEYS = ("variant", "stage", "max_steps", "action_mask", "hard_fraction")
+_CONFIG_KEYS = ("variant", "stage", "max_steps", "action_mask", "hard_fraction", "shaping", "shaping_gamma")
 
 
 def observation_layout() -> dict[str, int]:
@@ -60,6 +64,7 @@ def observation_layout() -> dict[str, int]:
         "num_stages": NUM_STAGES,
         "prev_action_index": CONTEXT_LEN + 1,
         "start_action": START_ACTION,
+        "answer_action": ANS,
         "mask_index": CONTEXT_LEN + 2,
         "num_actions": NUM_ACTIONS,
     }
@@ -74,16 +79,20 @@ def _check_stage(stage: Any) -> int:
 
 
 class ToolMachineEnv(gym.Env):
-    """The tool machine task, ``exact`` or ``seed`` variant, stages 0-2.
+    """The tool machine task, ``exact`` or ``seed`` variant.
+
+    Stages 0-2 are the spec's; 3 (``a-b*c``) and 4 (``a*b-c*d``) are memory drills
+    for the ``exact`` variant: shorter programs that already need ``STO``/``RCL``.
 
     Args:
         config: RLlib's ``env_config`` (or any mapping) with optional keys
             ``variant`` ("exact" | "seed"), ``stage`` (0-2), ``max_steps``
             (exact variant only; the seed variant always reads 6 tokens) and
             ``action_mask`` (bool: expose the tools that can apply now) and
-            ``hard_fraction`` (0-1: the share of stage-2 episodes whose context is
-            drawn from the memory-required subset, the 20% of contexts that no
-            memory-free program solves; a training lever, evaluation keeps 0).
+            ``hard_fraction`` (0-1: the share of episodes of a memory stage (2, and
+            the drills 3 and 4) whose context is drawn from that stage's
+            memory-required subset, the contexts that no memory-free program
+            solves (20% of stage 2's); a training lever, evaluation keeps 0).
     """
 
     metadata = {"render_modes": []}
@@ -110,8 +119,18 @@ class ToolMachineEnv(gym.Env):
             0.0 <= self.hard_fraction <= 1.0
         ):
             raise ValueError(f"hard_fraction must be a number in [0, 1], got {self.hard_fraction!r}")
-        self._hard_contexts = memory_required_contexts(2) if self.hard_fraction > 0 else None
-        self._stage_weights = np.eye(NUM_STAGES)[_check_stage(config.get("stage", 0))]
+        self._hard_contexts = (
+            {s: memory_required_contexts(s) for s in MEMORY_STAGES} if self.hard_fraction > 0 else {}
+        )
+        self._stage_weights = np.eye(NUM_STAGES)[self._check_stage(config.get("stage", 0))]
+        self.shaping = config.get("shaping", 0.0)
+        self.shaping_gamma = config.get("shaping_gamma", 0.99)
+        for name, value, hi in (("shaping", self.shaping, None), ("shaping_gamma", self.shaping_gamma, 1.0)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (hi and value > hi):
+                raise ValueError(f"{name} must be a number in [0, {hi or 'inf'}], got {value!r}")
+        if self.shaping and self.variant == "seed":
+            raise ValueError("shaping is defined for the exact variant only; the seed variant has its own rewards")
+        self._path: tuple = ()
 
         width = CONTEXT_LEN + 2 + NUM_ACTIONS
         high = np.full(width, max(CONTEXT_VOCAB - 1, START_ACTION), dtype=np.int64)
@@ -127,7 +146,7 @@ class ToolMachineEnv(gym.Env):
     # -- curriculum --------------------------------------------------------------
     def set_stage(self, stage: int) -> None:
         """Train on ``stage`` from the next episode on (the current one finishes)."""
-        self._stage_weights = np.eye(NUM_STAGES)[_check_stage(stage)]
+        self._stage_weights = np.eye(NUM_STAGES)[self._check_stage(stage)]
 
     def set_stage_weights(self, weights: Sequence[float]) -> None:
         """Draw each next episode's stage from these (unnormalised) weights."""
@@ -137,6 +156,8 @@ class ToolMachineEnv(gym.Env):
                 f"stage weights must be {NUM_STAGES} non-negative numbers with a positive "
                 f"sum, got {list(weights)!r}"
             )
+        for stage in np.flatnonzero(w):
+            self._check_stage(int(stage))
         self._stage_weights = w / w.sum()
 
     @property
@@ -148,19 +169,21 @@ class ToolMachineEnv(gym.Env):
         super().reset(seed=seed)
         options = options or {}
         if "stage" in options:
-            self.stage = _check_stage(options["stage"])
+            self.stage = self._check_stage(options["stage"])
         else:
             self.stage = int(self.np_random.choice(NUM_STAGES, p=self._stage_weights))
         if "digits" in options:
             digits = tuple(int(x) for x in options["digits"])
-        elif self.stage == 2 and self._hard_contexts is not None and self.np_random.random() < self.hard_fraction:
-            digits = tuple(int(x) for x in self._hard_contexts[self.np_random.integers(len(self._hard_contexts))])
+        elif self.stage in self._hard_contexts and self.np_random.random() < self.hard_fraction:
+            hard = self._hard_contexts[self.stage]
+            digits = tuple(int(x) for x in hard[self.np_random.integers(len(hard))])
         else:
             # The tutorial draws all five digits at every stage; so do we, which
             # keeps both variants on one random stream.
             digits = tuple(int(x) for x in self.np_random.integers(0, 10, size=5))
         self.digits = digits if self.variant == "seed" else digits[: STAGE_DIGITS[self.stage]]
         self._state = SeedState() if self.variant == "seed" else MachineState()
+        self._path = general_path(self.stage, self.digits) if self.shaping else ()
         self._steps = 0
         self._prev_action = START_ACTION
         return self._observation(), {"stage": self.stage}
@@ -168,6 +191,7 @@ class ToolMachineEnv(gym.Env):
     def step(self, action):
         action = int(action)
         self._steps += 1
+        previous = self._state
         if self.variant == "seed":
             self._state = seed_apply(self._state, action, self.digits, self.stage)
             answer = self._state.last
@@ -178,6 +202,10 @@ class ToolMachineEnv(gym.Env):
         terminated = action == ANS
         truncated = not terminated and self._steps >= self.max_steps
         reward = 0.0
+        if self.shaping:
+            before = progress(previous, self._path)
+            after = 0.0 if terminated or truncated else progress(self._state, self._path)
+            reward = self.shaping * (self.shaping_gamma * after - before)
         info: dict[str, Any] = {"stage": self.stage}
         if terminated or truncated:
             # Every value a plain scalar of a fixed type: gymnasium's vector envs
@@ -185,7 +213,7 @@ class ToolMachineEnv(gym.Env):
             submitted = answer if terminated else None
             correct = submitted is not None and submitted == self.target
             if terminated:
-                reward = seed_reward(submitted, self.digits, self.stage) if self.variant == "seed" else float(correct)
+                reward += seed_reward(submitted, self.digits, self.stage) if self.variant == "seed" else float(correct)
             info.update(
                 target=self.target,
                 answered=submitted is not None,
@@ -196,6 +224,12 @@ class ToolMachineEnv(gym.Env):
         return self._observation(), reward, terminated, truncated, info
 
     # -- helpers --------------------------------------------------------------------
+    def _check_stage(self, stage: Any) -> int:
+        stage = _check_stage(stage)
+        if self.variant == "seed" and stage not in SPEC_STAGES:
+            raise ValueError(f"the seed variant has stages {list(SPEC_STAGES)} only, got {stage}")
+        return stage
+
     @property
     def shown_digits(self) -> tuple[int, ...]:
         """The digits the agent reads (the seed variant draws five, shows fewer)."""

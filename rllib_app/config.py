@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, get_type_hints
 
 from envs import VARIANTS
-from rllib_app.schedules import SCHEDULES, TUTORIAL_STAGES, CurriculumSettings
+from rllib_app.schedules import SCHEDULES, SPEC_PATH, TUTORIAL_STAGES, CurriculumSettings
 
 ALGOS = ("impala",)
 
@@ -47,7 +47,11 @@ class TrainConfig:
     variant: str = flag("exact", "task rules: 'exact' (the spec) or 'seed' (the tutorial's)", choices=VARIANTS)
     action_mask: bool = flag(True, "expose the tools that can apply now and mask the rest out of the policy")
     hard_fraction: float = flag(
-        0.8, "share of stage-2 training contexts drawn from the memory-required subset", minimum=0, maximum=1
+        0.8, "share of training contexts of memory stages (2, 3, 4) drawn from their memory-required subset", minimum=0, maximum=1
+    )
+    shaping: float = flag(
+        0.0, "scale of potential-based shaping (progress along the stage's general program); accuracy stays unshaped",
+        minimum=0,
     )
     sil_coeff: float = flag(1.0, "self-imitation loss coefficient (0: off)", minimum=0)
     sil_batch_episodes: int = flag(256, "successful episodes replayed per self-imitation update", minimum=1)
@@ -66,6 +70,11 @@ class TrainConfig:
     address: Optional[str] = flag(None, "Ray cluster to join ('auto' or host:port); default: start a local Ray")
     # -- curriculum ----------------------------------------------------------------------------
     schedule: str = flag("threshold", "curriculum: promote on sampled accuracy, or a fixed stage per iteration block", choices=SCHEDULES)
+    stage_path: str = flag(
+        ",".join(map(str, SPEC_PATH)),
+        "threshold schedule: the stages in training order; 0,1,3,4,2 adds the memory drills "
+        "a-b*c (3) and a*b-c*d (4) before stage 2",
+    )
     promotion_accuracy: float = flag(0.95, "threshold schedule: sampled accuracy that promotes the stage", minimum=0, maximum=1, strict_min=True)
     accuracy_window: int = flag(500, "threshold schedule: episodes the sampled accuracy is measured over", minimum=1)
     replay_probability: float = flag(0.2, "probability of sampling an earlier stage once promoted", minimum=0, maximum=0.99)
@@ -73,7 +82,7 @@ class TrainConfig:
     iterations_per_stage_entry: int = flag(10, "fixed schedule: iterations per entry of --fixed-stages", minimum=1)
     # -- optimisation ----------------------------------------------------------------------------
     lr: float = flag(2e-3, "learning rate", minimum=0, strict_min=True)
-    entropy_coeff: float = flag(0.01, "entropy bonus coefficient", minimum=0)
+    entropy_coeff: float = flag(0.03, "entropy bonus coefficient", minimum=0)
     vf_loss_coeff: float = flag(0.5, "value loss coefficient", minimum=0)
     gamma: float = flag(0.99, "discount", minimum=0, maximum=1)
     train_batch_size_per_learner: int = flag(256, "env steps per gradient step and learner", minimum=1)
@@ -111,25 +120,35 @@ class TrainConfig:
             if hi is not None and value > hi:
                 raise UsageError(f"{name} must be <= {hi}, got {value}")
         self.fixed_stage_list()
+        self.stage_path_list()
+        if self.variant == "seed":
+            from envs import SPEC_STAGES
+
+            extra = sorted(set(self.trained_stages()) - set(SPEC_STAGES))
+            if extra:
+                raise UsageError(f"the seed variant has stages {list(SPEC_STAGES)} only; drop {extra} from the curriculum")
+            if self.shaping:
+                raise UsageError("--shaping applies to the exact variant only; the seed variant has its own rewards")
         return self
 
     def fixed_stage_list(self) -> tuple[int, ...]:
-        from envs import NUM_STAGES
+        return _stage_list("--fixed-stages", self.fixed_stages, example="0,0,1,2")
 
-        try:
-            stages = tuple(int(s) for s in self.fixed_stages.split(","))
-        except ValueError:
-            stages = ()
-        if not stages or any(not 0 <= s < NUM_STAGES for s in stages):
-            raise UsageError(
-                f"--fixed-stages {self.fixed_stages!r} must be a comma-separated list of stages "
-                f"in 0..{NUM_STAGES - 1}, e.g. 0,0,1,2"
-            )
-        return stages
+    def stage_path_list(self) -> tuple[int, ...]:
+        path = _stage_list("--stage-path", self.stage_path, example="0,1,3,4,2")
+        if len(set(path)) != len(path):
+            raise UsageError(f"--stage-path {self.stage_path!r} names a stage twice; each stage once, e.g. 0,1,3,4,2")
+        return path
+
+    def trained_stages(self) -> tuple[int, ...]:
+        """The stages the curriculum trains: evaluated, and all must reach the target."""
+        order = self.fixed_stage_list() if self.schedule == "fixed" else self.stage_path_list()
+        return tuple(sorted(set(order)))
 
     def curriculum_settings(self) -> CurriculumSettings:
         return CurriculumSettings(
             schedule=self.schedule,
+            path=self.stage_path_list(),
             promotion_accuracy=self.promotion_accuracy,
             window=self.accuracy_window,
             replay_probability=self.replay_probability,
@@ -139,7 +158,10 @@ class TrainConfig:
 
     def env_config(self) -> dict[str, Any]:
         """The training env's config."""
-        return {**self.eval_env_config(), "hard_fraction": self.hard_fraction}
+        config = {**self.eval_env_config(), "hard_fraction": self.hard_fraction}
+        if self.shaping:
+            config.update(shaping=self.shaping, shaping_gamma=self.gamma)
+        return config
 
     def eval_env_config(self) -> dict[str, Any]:
         """The env as evaluation sees it: uniform contexts, whatever training sampled."""
@@ -173,3 +195,17 @@ class TrainConfig:
     def from_namespace(cls, ns: argparse.Namespace) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in vars(ns).items() if k in names}).validate()
+
+
+def _stage_list(name: str, text: str, *, example: str) -> tuple[int, ...]:
+    from envs import NUM_STAGES
+
+    try:
+        stages = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        stages = ()
+    if not stages or any(not 0 <= s < NUM_STAGES for s in stages):
+        raise UsageError(
+            f"{name} {text!r} must be a comma-separated list of stages in 0..{NUM_STAGES - 1}, e.g. {example}"
+        )
+    return stages

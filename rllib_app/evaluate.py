@@ -17,14 +17,13 @@ import torch
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModule
 
-from envs import ACTION_NAMES, ToolMachineEnv
-from envs.machine import STAGE_DIGITS
+from envs import ACTION_NAMES, MEMORY_STAGES, SPEC_STAGES, ToolMachineEnv
 from rllib_app.checkpoints import read_run_info, resolve_checkpoint
 
 #: Seed offset so evaluation episodes are never the training stream's.
 EVAL_SEED_OFFSET = 1_000_003
-#: The stage whose accuracy is also reported on the memory-required contexts.
-MEMORY_STAGE = 2
+#: Report key of a memory stage's memory-required contexts (``"2m"``).
+MEMORY_REQUIRED_SUFFIX = "m"
 
 
 def load_module(path: str | pathlib.Path) -> tuple[RLModule, dict[str, Any]]:
@@ -113,26 +112,31 @@ def rollout(
 
 def greedy_accuracy(
     module: RLModule,
-    stages: Sequence[int] = tuple(STAGE_DIGITS),
+    stages: Sequence[int] = SPEC_STAGES,
     episodes: int = 1000,
     *,
     env_config: dict[str, Any] | None = None,
     seed: int = 0,
 ) -> dict[str, dict[str, float | int]]:
-    """``{stage: {accuracy, mean_return, episodes}}`` on fresh episodes, greedy actions."""
+    """``{row: {accuracy, mean_return, episodes}}`` on fresh episodes, greedy actions.
+
+    One row per stage (``"2"``: uniform contexts) and, for each memory stage, one
+    more on its memory-required contexts only (``"2m"``), the honest measure of
+    memory: no program without ``STO``/``RCL`` solves those.
+    """
     report = {}
     for stage in stages:
-        eps = rollout(module, stage, episodes, env_config=env_config, seed=seed + EVAL_SEED_OFFSET * (stage + 1))
-        report[str(stage)] = {
-            "accuracy": float(np.mean([e.correct for e in eps])),
-            "mean_return": float(np.mean([e.episode_return for e in eps])),
-            "episodes": len(eps),
-        }
-        if stage == MEMORY_STAGE:
-            # The honest measure of memory: contexts no memory-free program solves.
-            hard = rollout(
-                module, stage, episodes, env_config={**(env_config or {}), "hard_fraction": 1.0},
-                seed=seed + EVAL_SEED_OFFSET * (stage + 7),
+        rows = [(str(stage), 0.0, stage + 1)]
+        if stage in MEMORY_STAGES:
+            rows.append((f"{stage}{MEMORY_REQUIRED_SUFFIX}", 1.0, stage + 7))
+        for key, hard_fraction, offset in rows:
+            eps = rollout(
+                module, stage, episodes, env_config={**(env_config or {}), "hard_fraction": hard_fraction},
+                seed=seed + EVAL_SEED_OFFSET * offset,
             )
-            report[str(stage)]["memory_required_accuracy"] = float(np.mean([e.correct for e in hard]))
+            report[key] = {
+                "accuracy": float(np.mean([e.correct for e in eps])),
+                "mean_return": float(np.mean([e.episode_return for e in eps])),
+                "episodes": len(eps),
+            }
     return report

@@ -12,9 +12,13 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from envs import NUM_STAGES
+from envs import NUM_STAGES, SPEC_STAGES
 
 SCHEDULES = ("threshold", "fixed")
+#: The threshold schedule's default path, and the one with the memory drills
+#: (``a-b*c``, ``a*b-c*d``) before stage 2.
+SPEC_PATH = SPEC_STAGES
+DRILL_PATH = (0, 1, 3, 4, 2)
 #: The tutorial's schedule: stage per block of iterations.
 TUTORIAL_STAGES = (0, 0, 0, 1, 1, 2)
 
@@ -22,6 +26,8 @@ TUTORIAL_STAGES = (0, 0, 0, 1, 1, 2)
 @dataclass(frozen=True)
 class CurriculumSettings:
     schedule: str = "threshold"
+    #: threshold schedule: the stages in training order.
+    path: tuple[int, ...] = SPEC_PATH
     #: threshold schedule: promote when the current stage's sampled accuracy over
     #: the last ``window`` episodes reaches this.
     promotion_accuracy: float = 0.95
@@ -44,15 +50,23 @@ class Curriculum:
     _recent: dict = field(default_factory=lambda: {s: deque() for s in range(NUM_STAGES)})
 
     def __post_init__(self):
-        if self.settings.schedule == "fixed":
-            self.stage = self.settings.fixed_stages[0]
+        self.stage = self.stages()[0]
+
+    def stages(self) -> tuple[int, ...]:
+        """The stages this curriculum trains, in the order it first visits them."""
+        cfg = self.settings
+        order = cfg.fixed_stages if cfg.schedule == "fixed" else cfg.path
+        return tuple(dict.fromkeys(order))
 
     def stage_weights(self) -> list[float]:
-        """Probability of drawing each stage for the next episodes."""
+        """Probability of drawing each stage for the next episodes: the current one,
+        and with ``replay_probability`` one of the stages ordered before it."""
         weights = [0.0] * NUM_STAGES
-        p = self.settings.replay_probability if self.stage > 0 else 0.0
-        for s in range(self.stage):
-            weights[s] = p / self.stage
+        order = self.stages()
+        earlier = order[: order.index(self.stage)]
+        p = self.settings.replay_probability if earlier else 0.0
+        for s in earlier:
+            weights[s] = p / len(earlier)
         weights[self.stage] = 1.0 - p
         return weights
 
@@ -85,11 +99,13 @@ class Curriculum:
         if cfg.schedule == "fixed":
             entry = min(self.iteration // cfg.iterations_per_stage_entry, len(cfg.fixed_stages) - 1)
             return cfg.fixed_stages[entry]
-        if self.stage >= NUM_STAGES - 1:
+        path = cfg.path
+        position = path.index(self.stage)
+        if position == len(path) - 1:
             return self.stage
         accuracy, episodes = self.windowed_accuracy(self.stage)
         if accuracy is not None and episodes >= cfg.window and accuracy >= cfg.promotion_accuracy:
-            return self.stage + 1
+            return path[position + 1]
         return self.stage
 
     def get_state(self) -> dict[str, Any]:

@@ -90,9 +90,16 @@ class SuccessReplay:
         self.max_priority = max(self.max_priority, float(priorities.max()))
 
 
-def harvest_successes(batch, *, prev_action_index: int, start_action: int, gamma: float):
-    """Yield ``(obs, actions, returns, length)`` for every whole rewarded episode
-    in a ``[B, T]`` learner batch (numpy arrays)."""
+def harvest_successes(batch, *, prev_action_index: int, start_action: int, answer_action: int, gamma: float):
+    """Yield ``(obs, actions, returns, length)`` for every whole successful episode
+    in a ``[B, T]`` learner batch (numpy arrays).
+
+    An episode is whole when its row starts at the episode's first step and it
+    ends (with ``ANS``) inside the row; it succeeded when its discounted return
+    from the first step is positive. That holds with potential-based shaping too:
+    the shaping terms telescope to ``-Phi(s_0) = 0``, so a wrong answer returns
+    exactly 0 and a right one ``gamma ** (length - 1)``.
+    """
     obs = batch[Columns.OBS].detach().cpu().numpy()
     if obs.ndim != 3:
         return
@@ -101,17 +108,17 @@ def harvest_successes(batch, *, prev_action_index: int, start_action: int, gamma
     mask = batch[Columns.LOSS_MASK].detach().cpu().numpy().astype(bool)
     starts = (obs[:, 0, prev_action_index] == start_action) & mask[:, 0]
     for b in np.flatnonzero(starts):
-        paid = np.flatnonzero((rewards[b] > 0) & mask[b])
-        if len(paid) == 0:
+        answered = np.flatnonzero((actions[b] == answer_action) & mask[b])
+        if len(answered) == 0:
             continue
-        end = int(paid[0]) + 1
-        # An episode ends at its first rewarded step in this task (reward only at ANS).
+        end = int(answered[0]) + 1
         ret = np.zeros(end, dtype=np.float32)
         running = 0.0
         for t in range(end - 1, -1, -1):
             running = rewards[b, t] + gamma * running
             ret[t] = running
-        yield obs[b, :end], actions[b, :end], ret, end
+        if ret[0] > 0.5 * gamma ** (end - 1):
+            yield obs[b, :end], actions[b, :end], ret, end
 
 
 def self_imitation_loss(module, obs, actions, returns, steps, *, value_coeff: float, device="cpu"):
@@ -159,6 +166,7 @@ class SelfImitationIMPALALearner(IMPALATorchLearner):
             batch,
             prev_action_index=layout["prev_action_index"],
             start_action=layout["start_action"],
+            answer_action=layout["answer_action"],
             gamma=config.gamma,
         ):
             replay.add(*episode)

@@ -19,13 +19,13 @@ IMPALA. README.md has the measured table.
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import time
 from typing import Any
 
 import ray
 
-from envs import NUM_STAGES
 from rllib_app.algorithms import MODULE_ID, build_config, module_spec
 from rllib_app.checkpoints import save_checkpoint, write_json_atomic
 from rllib_app.config import TrainConfig
@@ -50,14 +50,9 @@ def init_ray(cfg: TrainConfig) -> None:
     )
 
 
-def _format_accuracy(acc: dict[str, Any], key: str | None = None) -> str:
-    parts = []
-    for s in range(NUM_STAGES):
-        v = acc.get(str(s)) if key is None else acc.get(f"stage_{s}_{key}")
-        if isinstance(v, dict):
-            v = v["accuracy"]
-        parts.append(f"s{s} {'  -  ' if v is None else f'{v:.3f}'}")
-    return " ".join(parts)
+def _format_accuracy(values: dict[str, Any]) -> str:
+    """``s0 1.000 s2 0.350 s2m   -  `` for ``{row: accuracy or None}``."""
+    return " ".join(f"s{k} {'  -  ' if v is None else f'{v:.3f}'}" for k, v in values.items())
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -73,6 +68,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     eval_module = module_spec(cfg).build()
     eval_module.eval()
 
+    stages = cfg.trained_stages()
     start = time.time()
     env_steps = 0
     accuracy: dict[str, Any] = {}
@@ -93,7 +89,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             replay = finite_metric(result.get("learners", {}).get(MODULE_ID, {}).get("sil_replay_size"))
             print(
                 f"iter {iteration:4d} | stage {cur.get('stage', curriculum.stage)} | sampled acc "
-                f"{_format_accuracy(cur, 'sampled_accuracy')} | env steps {env_steps:,} | "
+                f"{_format_accuracy({str(s): cur.get(f'stage_{s}_sampled_accuracy') for s in stages})} | env steps {env_steps:,} | "
                 f"{rate:,.0f} steps/s | {now - start:6.1f} s"
                 + ("" if replay is None else f" | SIL replay {int(replay):,}"),
                 flush=True,
@@ -103,14 +99,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if iteration % cfg.eval_interval == 0 or out_of_time or out_of_iters:
                 eval_module.set_state(algo.learner_group.get_weights()[MODULE_ID])
                 accuracy = greedy_accuracy(
-                    eval_module, episodes=cfg.eval_episodes, env_config=cfg.eval_env_config(), seed=cfg.seed
+                    eval_module, stages, episodes=cfg.eval_episodes, env_config=cfg.eval_env_config(), seed=cfg.seed
                 )
                 target_reached = all(v["accuracy"] >= cfg.target_accuracy for v in accuracy.values())
                 checkpoint = save_checkpoint(algo, cfg, output, iteration)
-                memory = accuracy.get("2", {}).get("memory_required_accuracy")
                 print(
-                    f"eval @ iter {iteration}: greedy accuracy {_format_accuracy(accuracy)}"
-                    + ("" if memory is None else f" (s2 memory-required {memory:.3f})"),
+                    f"eval @ iter {iteration}: greedy accuracy "
+                    f"{_format_accuracy({k: v['accuracy'] for k, v in accuracy.items()})}",
                     flush=True,
                 )
             if target_reached or out_of_time or out_of_iters:
@@ -124,7 +119,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "target_reached": target_reached,
         "accuracy": {s: v["accuracy"] for s, v in accuracy.items()},
         "mean_return": {s: v["mean_return"] for s, v in accuracy.items()},
-        "stage2_memory_required_accuracy": accuracy.get("2", {}).get("memory_required_accuracy"),
         "env_steps": env_steps,
         "wall_seconds": round(time.time() - start, 1),
         "iterations": iteration,
@@ -133,6 +127,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "variant": cfg.variant,
         "seed": cfg.seed,
         "promotions": [{"iteration": i, "stage": s} for i, s in curriculum.promotions],
+        "config": dataclasses.asdict(cfg),
     }
     write_json_atomic(output / "summary.json", summary)
     return summary

@@ -15,9 +15,9 @@ from envs.analysis import (
     seed_programs,
     targets,
 )
-from envs.machine import STAGE_DIGITS, SeedState, run_program, seed_apply, seed_reward
+from envs.machine import STAGE_DIGITS, SeedState, run_program, seed_apply, seed_reward, stage_target
 
-SHORTEST = {0: 4, 1: 5, 2: 9}
+SHORTEST = {0: 4, 1: 5, 2: 9, 3: 7, 4: 8}
 
 
 def test_vectorised_machine_agrees_with_the_scalar_machine():
@@ -34,7 +34,7 @@ def test_vectorised_machine_agrees_with_the_scalar_machine():
     assert checked > 100
 
 
-@pytest.mark.parametrize("stage", [0, 1, 2])
+@pytest.mark.parametrize("stage", [0, 1, 2, 3, 4])
 def test_shortest_program_correct_on_every_context(stage):
     contexts = all_contexts(STAGE_DIGITS[stage])
     want = targets(stage, contexts)
@@ -47,14 +47,16 @@ def test_shortest_program_correct_on_every_context(stage):
     assert general_program(stage) in lengths[SHORTEST[stage]]
 
 
-def test_stage_2_needs_memory():
-    # no program without STO/RCL (any length: only 5 digits can be read) solves stage 2
-    contexts = all_contexts(5)
-    want = targets(2, contexts)
+@pytest.mark.parametrize("stage", [2, 3, 4])
+def test_memory_stages_need_memory(stage):
+    # no program without STO/RCL (any length: only the context's digits can be read)
+    # solves stage 2 or a drill
+    contexts = all_contexts(STAGE_DIGITS[stage])
+    want = targets(stage, contexts)
     for _, answers in exact_programs(contexts, max_len=12, tools=(MUL, ADD, SUB)):
         assert not np.array_equal(answers, want)
     # ... and every shortest general program uses both STO and RCL
-    for program, answers in exact_programs(contexts, max_len=9):
+    for program, answers in exact_programs(contexts, max_len=SHORTEST[stage]):
         if np.array_equal(answers, want):
             assert STO in program and RCL in program
 
@@ -65,6 +67,26 @@ def test_twenty_percent_of_stage_2_contexts_need_memory():
     # e.g. a*b+c-d solves it when e == 1, a*b+c when d*e == 0: never required
     req = memory_required_contexts(2)
     assert not (req[:, 4] == 1).any() and not ((req[:, 3] * req[:, 4]) == 0).any()
+
+
+def test_memory_required_subsets_of_the_drills():
+    # a-b*c: 41.9% of 10^3 contexts; a*b-c*d: 26.0% of 10^4
+    assert len(memory_required_contexts(3)) == 419
+    assert len(memory_required_contexts(4)) == 2_603
+    # checked context by context with the plain rules, independently of the
+    # vectorised walk: a context is memory-required iff no sequence of arithmetic
+    # tools (each reads one digit) followed by ANS submits the target
+    rng = random.Random(2)
+    for stage, sample in ((3, None), (4, 400)):
+        n = STAGE_DIGITS[stage]
+        required = {tuple(map(int, r)) for r in memory_required_contexts(stage)}
+        contexts = [tuple(map(int, c)) for c in all_contexts(n)]
+        for digits in contexts if sample is None else rng.sample(contexts, sample):
+            programs = (
+                p + (ANS,) for k in range(1, n + 1) for p in itertools.product((MUL, ADD, SUB), repeat=k)
+            )
+            solvable = any(run_program(p, digits, max_steps=12) == stage_target(stage, digits) for p in programs)
+            assert solvable == (digits not in required), digits
 
 
 # -- the seed variant (the tutorial's env) ----------------------------------------------

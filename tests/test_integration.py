@@ -31,14 +31,14 @@ def test_train_then_eval_and_explain_from_the_command_line(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) >= {"target_reached", "accuracy", "env_steps", "wall_seconds", "checkpoint", "algo"}
     assert summary["algo"] == "impala" and summary["iterations"] == 3 and summary["env_steps"] > 0
-    assert set(summary["accuracy"]) == {"0", "1", "2"}
+    assert set(summary["accuracy"]) == {"0", "1", "2", "2m"}
     assert all(0.0 <= a <= 1.0 for a in summary["accuracy"].values())
     assert (out / "checkpoint").resolve() == (out / "checkpoints" / "iter_000003").resolve()
 
     proc = run_cli("eval", str(out), "--episodes", "50", "--seed", "3", "--json", timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(report["stages"]) == {"0", "1", "2"}
+    assert set(report["stages"]) == {"0", "1", "2", "2m"}
     for stage in report["stages"].values():
         assert stage["episodes"] == 50 and 0.0 <= stage["accuracy"] <= 1.0
     # the checkpoint's greedy accuracy is what training reported for it
@@ -77,18 +77,18 @@ def test_curriculum_reaches_every_env_of_every_runner(local_ray):
     try:
         per_runner = [w for w in _env_weights(algo) if w is not None]
         assert len(per_runner) == 2 and all(len(w) == 4 for w in per_runner)
-        assert all(np.allclose(env, [1, 0, 0]) for w in per_runner for env in w)
+        assert all(np.allclose(env, [1, 0, 0, 0, 0]) for w in per_runner for env in w)
         result = algo.train()
         assert result["curriculum"]["stage"] == 2
         per_runner = [w for w in _env_weights(algo) if w is not None]
         assert len(per_runner) == 2
-        assert all(np.allclose(env, [0.1, 0.1, 0.8]) for w in per_runner for env in w)
+        assert all(np.allclose(env, [0.2, 0, 0.8, 0, 0]) for w in per_runner for env in w)
         counts = {}
         for _ in range(3):
             runners = algo.train()["env_runners"]
             for s in range(3):
                 counts[s] = counts.get(s, 0) + int(runners.get(f"curriculum/stage_{s}_episodes", 0))
-        assert counts[2] > counts[0] + counts[1] > 0
+        assert counts[2] > counts[0] > 0 and counts[1] == 0
         assert find_curriculum_callback(algo).curriculum.stage == 2
     finally:
         algo.stop()
@@ -129,7 +129,36 @@ def test_checkpoint_restore_keeps_weights_and_stage(local_ray, tmp_path):
         assert again.keys() == weights.keys()
         for k in weights:
             np.testing.assert_array_equal(np.asarray(again[k]), np.asarray(weights[k]))
-        assert all(np.allclose(env, [0.2, 0.8, 0.0]) for env in _env_weights(restored)[0])
+        assert all(np.allclose(env, [0.2, 0.8, 0, 0, 0]) for env in _env_weights(restored)[0])
         assert restored.train()["curriculum"]["stage"] == 1
     finally:
         restored.stop()
+
+
+def test_ablate_runs_each_lever_resumes_and_writes_the_table(tmp_path):
+    out = tmp_path / "ablate"
+    args = [
+        "ablate", "--levers", "none,sil", "--seeds", "4", "--output", str(out),
+        "--max-iterations", "2", "--eval-interval", "2", "--eval-episodes", "20",
+        "--num-envs-per-env-runner", "4", "--train-batch-size-per-learner", "128", "--hidden-size", "32",
+        "--stage-path", "0,3,2",
+    ]
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert [(r["lever"], r["seed"]) for r in records] == [("none", 4), ("sil", 4)]
+    for r in records:
+        assert r["summary"]["iterations"] == 2
+        # the drill on the stage path is evaluated, with its memory-required row
+        assert set(r["summary"]["accuracy"]) == {"0", "2", "2m", "3", "3m"}
+    # each run is the recipe with just its lever removed
+    none, sil = (r["summary"]["config"] for r in records)
+    assert none["sil_coeff"] > 0 and sil["sil_coeff"] == 0
+    assert {k for k in none if none[k] != sil[k]} == {"sil_coeff", "output"}
+    table = (out / "ablation.md").read_text().splitlines()
+    assert [row.split("|")[1].strip() for row in table[2:]] == ["none", "sil"]
+
+    # the same command again finds both runs done and starts none
+    proc = run_cli(*args, timeout=120)
+    assert proc.returncode == 0 and "removed, seed" not in proc.stdout
+    assert len((out / "runs.jsonl").read_text().splitlines()) == 2

@@ -1,10 +1,11 @@
 """Self-imitation: harvesting whole successful episodes, the replay, and the loss."""
 
 import numpy as np
+import pytest
 import torch
 from ray.rllib.core.columns import Columns
 
-from envs import ANS, MUL, ToolMachineEnv, general_program, observation_layout
+from envs import ADD, ANS, MUL, ToolMachineEnv, general_program, observation_layout
 from models import ToolAgentGRUModule
 from rllib_app.self_imitation import SuccessReplay, harvest_successes, self_imitation_loss
 
@@ -12,8 +13,8 @@ LAYOUT = observation_layout()
 T = 16
 
 
-def played(stage, digits, program):
-    env = ToolMachineEnv({"action_mask": True})
+def played(stage, digits, program, **config):
+    env = ToolMachineEnv({"action_mask": True, **config})
     obs, _ = env.reset(seed=0, options={"stage": stage, "digits": digits})
     rows = {"obs": [], "actions": [], "rewards": []}
     for tool in program:
@@ -52,12 +53,26 @@ def test_only_whole_rewarded_episodes_are_harvested():
     cut = played(0, (1, 2, 3), general_program(0))
     batch = as_batch([good, wrong, cut], skip_first={2})
     found = list(harvest_successes(batch, prev_action_index=LAYOUT["prev_action_index"],
-                                   start_action=LAYOUT["start_action"], gamma=0.5))
+                                   start_action=LAYOUT["start_action"], answer_action=ANS, gamma=0.5))
     assert len(found) == 1
     obs, actions, returns, length = found[0]
     assert length == 9 and list(actions) == list(general_program(2))
     np.testing.assert_allclose(returns, [0.5 ** (8 - t) for t in range(9)])
     np.testing.assert_array_equal(obs, good["obs"])
+
+
+def test_shaped_episodes_are_harvested_by_outcome_not_by_shaping():
+    shaped = {"shaping": 1.0, "shaping_gamma": 0.5}
+    good = played(2, (1, 2, 3, 4, 5), general_program(2), **shaped)
+    # right up to RCL, then a wrong answer: positive shaping rewards on the way
+    wrong = played(2, (1, 2, 3, 4, 5), list(general_program(2)[:7]) + [ADD, ANS], **shaped)
+    assert (wrong["rewards"] > 0).any()
+    batch = as_batch([good, wrong])
+    found = list(harvest_successes(batch, prev_action_index=LAYOUT["prev_action_index"],
+                                   start_action=LAYOUT["start_action"], answer_action=ANS, gamma=0.5))
+    assert len(found) == 1 and list(found[0][1]) == list(general_program(2))
+    # the shaping telescopes: the return from the first step is the unshaped one
+    assert found[0][2][0] == pytest.approx(0.5 ** 8)
 
 
 def test_replay_is_a_ring_and_samples_real_steps():

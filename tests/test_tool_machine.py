@@ -20,7 +20,7 @@ from envs import (
     observation_layout,
     stage_target,
 )
-from envs.machine import run_program
+from envs.machine import STAGE_DIGITS, run_program
 
 DIGITS = (7, 3, 4, 2, 5)
 
@@ -100,8 +100,10 @@ def test_stage_targets():
     assert stage_target(0, DIGITS[:3]) == a * b + c
     assert stage_target(1, DIGITS[:4]) == (a * b + c) - d
     assert stage_target(2, DIGITS) == (a * b + c) - (d * e)
+    assert stage_target(3, DIGITS[:3]) == a - b * c  # memory drills
+    assert stage_target(4, DIGITS[:4]) == a * b - c * d
     with pytest.raises(ValueError, match="stage"):
-        stage_target(3, DIGITS)
+        stage_target(5, DIGITS)
 
 
 # -- the env --------------------------------------------------------------------------
@@ -182,7 +184,7 @@ def test_reset_seed_is_deterministic_and_set_stage_applies_next_episode():
 
 def test_stage_weights_mix_stages():
     env = ToolMachineEnv()
-    env.set_stage_weights([0.5, 0.0, 0.5])
+    env.set_stage_weights([0.5, 0.0, 0.5, 0.0, 0.0])
     env.reset(seed=1)
     stages = {env.reset()[1]["stage"] for _ in range(200)}
     assert stages == {0, 2}
@@ -191,7 +193,7 @@ def test_stage_weights_mix_stages():
 @pytest.mark.parametrize(
     "config, message",
     [
-        ({"stage": 3}, "stage must be in 0..2, got 3"),
+        ({"stage": 5}, "stage must be in 0..4, got 5"),
         ({"stage": "1"}, "stage must be an integer"),
         ({"variant": "tutorial"}, "variant must be one of"),
         ({"max_steps": 0}, "max_steps must be an integer >= 1"),
@@ -208,3 +210,62 @@ def test_bad_stage_weights_are_refused():
         ToolMachineEnv().set_stage_weights([1, 1])
     with pytest.raises(ValueError, match="stage must be in"):
         ToolMachineEnv().set_stage(-1)
+
+
+def test_seed_variant_refuses_the_memory_drills():
+    with pytest.raises(ValueError, match="seed variant has stages"):
+        ToolMachineEnv({"variant": "seed", "stage": 3})
+    env = ToolMachineEnv({"variant": "seed"})
+    with pytest.raises(ValueError, match="got 4"):
+        env.set_stage_weights([1, 0, 0, 0, 1])
+
+
+@pytest.mark.parametrize("stage", [2, 3, 4])
+def test_hard_contexts_come_from_the_stages_memory_required_subset(stage):
+    from envs.analysis import memory_required_contexts
+
+    env = ToolMachineEnv({"hard_fraction": 1.0, "stage": stage})
+    required = {tuple(map(int, row)) for row in memory_required_contexts(stage)}
+    for i in range(50):
+        env.reset(seed=i)
+        assert env.digits in required
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3, 4])
+def test_shaping_is_potential_based_and_never_changes_correctness(stage):
+    from envs.oracle import general_program
+
+    gamma = 0.9
+    rng = np.random.default_rng(stage)
+    for digits in rng.integers(0, 10, size=(20, STAGE_DIGITS[stage])):
+        digits = tuple(int(x) for x in digits)
+        for program, want in (
+            (general_program(stage), True),
+            (general_program(stage)[:-2] + (ANS,), None),  # stops one tool short
+            ((MUL,) * 12, False),  # truncated
+        ):
+            env = ToolMachineEnv({"shaping": 0.5, "shaping_gamma": gamma})
+            env.reset(seed=0, options={"stage": stage, "digits": digits})
+            rewards, info = [], {}
+            for tool in program:
+                _, r, term, trunc, info = env.step(tool)
+                rewards.append(r)
+                if term or trunc:
+                    break
+            discounted = sum(gamma**t * r for t, r in enumerate(rewards))
+            # Phi = 0 at the start and at the end: the shaping telescopes away
+            unshaped = float(info["correct"]) * gamma ** (len(rewards) - 1)
+            assert discounted == pytest.approx(unshaped, abs=1e-12)
+            if want is not None:
+                assert info["correct"] is want
+            if want:
+                assert all(r > 0 for r in rewards)  # each general step makes progress
+
+
+def test_bad_shaping_is_refused():
+    with pytest.raises(ValueError, match="shaping must be a number"):
+        ToolMachineEnv({"shaping": -1})
+    with pytest.raises(ValueError, match="shaping_gamma"):
+        ToolMachineEnv({"shaping": 1.0, "shaping_gamma": 1.5})
+    with pytest.raises(ValueError, match="exact variant only"):
+        ToolMachineEnv({"variant": "seed", "shaping": 1.0})
