@@ -31,7 +31,13 @@ from typing import Any, Optional
 import numpy as np
 import torch
 from ray.rllib.core.columns import Columns
-from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
+from ray.rllib.core.learner.utils import make_target_network
+from ray.rllib.core.rl_module.apis import (
+    TARGET_NETWORK_ACTION_DIST_INPUTS,
+    InferenceOnlyAPI,
+    TargetNetworkAPI,
+    ValueFunctionAPI,
+)
 from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 from ray.rllib.utils.annotations import override
 from torch import nn
@@ -51,7 +57,19 @@ REQUIRED_KEYS = (
 )
 
 
-class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI):
+#: The layers the policy's logits depend on (APPO's target network copies these).
+POLICY_LAYERS = (
+    "context_embedding",
+    "stage_embedding",
+    "context_encoder",
+    "initial_state",
+    "action_embedding",
+    "gru",
+    "policy_head",
+)
+
+
+class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, InferenceOnlyAPI):
     """Stage-aware GRU actor-critic. ``model_config``: the layout keys in
     ``REQUIRED_KEYS`` plus ``hidden_size`` (128), ``embed_dim`` (32),
     ``context_every_step`` (False) and ``max_seq_len`` (RLlib needs it for
@@ -107,13 +125,36 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI):
             embeddings, _, _ = self._unroll(batch)
         return self.value_head(embeddings).squeeze(-1)
 
-    # -- internals ----------------------------------------------------------------------
-    def _logits(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.policy_head(features).masked_fill(mask == 0, MASKED_LOGIT)
+    # -- target network (APPO) ------------------------------------------------------------
+    def _policy_layers(self) -> nn.ModuleDict:
+        return nn.ModuleDict({name: getattr(self, name) for name in POLICY_LAYERS})
 
-    def _unroll(self, batch: dict[str, Any]):
+    @override(TargetNetworkAPI)
+    def make_target_networks(self) -> None:
+        self._target = make_target_network(self._policy_layers())
+
+    @override(TargetNetworkAPI)
+    def get_target_network_pairs(self):
+        return [(self._policy_layers(), self._target)]
+
+    @override(TargetNetworkAPI)
+    def forward_target(self, batch: dict[str, Any]) -> dict[str, Any]:
+        features, _, mask = self._unroll(batch, net=self._target)
+        return {TARGET_NETWORK_ACTION_DIST_INPUTS: self._logits(features, mask, net=self._target)}
+
+    @override(InferenceOnlyAPI)
+    def get_non_inference_attributes(self) -> list[str]:
+        return ["_target"]
+
+    # -- internals ----------------------------------------------------------------------
+    def _logits(self, features: torch.Tensor, mask: torch.Tensor, net=None) -> torch.Tensor:
+        return (net or self).policy_head(features).masked_fill(mask == 0, MASKED_LOGIT)
+
+    def _unroll(self, batch: dict[str, Any], net=None):
         """Run the GRU over ``[B, T]`` steps; returns features ``[B, T, H]``,
-        the final state and the action mask ``[B, T, A]``."""
+        the final state and the action mask ``[B, T, A]``. ``net``: the layers to
+        use (default this module's own; APPO passes its target copy)."""
+        net = net or self
         lay = self._layout
         obs = batch[Columns.OBS].long()
         context = obs[..., : lay["context_len"]]
@@ -123,19 +164,19 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI):
 
         B, T = prev_action.shape
         tokens = torch.cat(
-            [self.context_embedding(context).flatten(-2), self.stage_embedding(stage)], dim=-1
+            [net.context_embedding(context).flatten(-2), net.stage_embedding(stage)], dim=-1
         )
-        context_features = self.context_encoder(tokens)  # [B, T, H]
-        step_inputs = self.action_embedding(prev_action)
+        context_features = net.context_encoder(tokens)  # [B, T, H]
+        step_inputs = net.action_embedding(prev_action)
         if self._context_every_step:
             step_inputs = torch.cat([step_inputs, context_features], dim=-1)
         starts = (prev_action == lay["start_action"]).unsqueeze(-1)  # [B, T, 1]
-        initial = torch.tanh(self.initial_state(context_features))
+        initial = torch.tanh(net.initial_state(context_features))
 
         h = batch[Columns.STATE_IN]["h"]
         outputs = []
         for t in range(T):
             h = torch.where(starts[:, t], initial[:, t], h)
-            h = self.gru(step_inputs[:, t], h)
+            h = net.gru(step_inputs[:, t], h)
             outputs.append(h)
         return torch.stack(outputs, dim=1), {"h": h}, mask

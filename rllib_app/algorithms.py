@@ -1,6 +1,7 @@
 """Build RLlib algorithms for the tool machine from a ``TrainConfig``.
 
-Each algorithm class is RLlib's own plus ``CurriculumCheckpointMixin``, which
+IMPALA, APPO and PPO are RLlib's; A2C is ours (``rllib_app.a2c``). Each algorithm class
+here is one of those plus ``CurriculumCheckpointMixin``, which
 puts the curriculum's state into the algorithm's checkpoint state (``state.pkl``)
 and pushes it back to every env runner on restore. That way the stage survives
 ``save_to_path`` / ``restore_from_path`` / ``from_checkpoint`` and Tune's restores.
@@ -10,15 +11,23 @@ from __future__ import annotations
 
 import functools
 
+from ray.rllib.algorithms.appo import APPO, APPOConfig
 from ray.rllib.algorithms.impala import IMPALA, IMPALAConfig
+from ray.rllib.algorithms.ppo import PPO, PPOConfig
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.tune.registry import register_env
 
 from envs import ToolMachineEnv, observation_layout
 from models import ToolAgentGRUModule
+from rllib_app.a2c import A2C, A2CConfig
 from rllib_app.config import TrainConfig
 from rllib_app.curriculum import CurriculumCallback, find_curriculum_callback
-from rllib_app.self_imitation import SelfImitationIMPALALearner
+from rllib_app.self_imitation import (
+    SelfImitationA2CLearner,
+    SelfImitationAPPOLearner,
+    SelfImitationIMPALALearner,
+    SelfImitationPPOLearner,
+)
 
 ENV_NAME = "toolagent-ToolMachine-v0"
 MODULE_ID = "default_policy"
@@ -67,26 +76,66 @@ class ToolAgentIMPALA(CurriculumCheckpointMixin, IMPALA):
     pass
 
 
+class ToolAgentA2C(CurriculumCheckpointMixin, A2C):
+    pass
+
+
+class ToolAgentPPO(CurriculumCheckpointMixin, PPO):
+    pass
+
+
+class ToolAgentAPPO(CurriculumCheckpointMixin, APPO):
+    pass
+
+
+def _algorithm_config(cfg: TrainConfig):
+    """The algorithm's own config class, learner and the settings only it has."""
+    if cfg.algo in ("impala", "appo"):
+        config_class, algo_class, learner = {
+            "impala": (IMPALAConfig, ToolAgentIMPALA, SelfImitationIMPALALearner),
+            "appo": (APPOConfig, ToolAgentAPPO, SelfImitationAPPOLearner),
+        }[cfg.algo]
+        config = config_class(algo_class=algo_class).training(
+            vf_loss_coeff=cfg.vf_loss_coeff,
+            # The default 0.0 polls nonstop on the driver and starves the runners on 2 cores.
+            timeout_s_sampler_manager=0.05,
+        )
+        return config, learner, cfg.rollout_fragment_length
+    if cfg.algo == "a2c":
+        config = A2CConfig(algo_class=ToolAgentA2C).training(
+            vf_loss_coeff=cfg.vf_loss_coeff, lambda_=cfg.gae_lambda,
+            standardize_advantages=cfg.standardize_advantages,
+        )
+        # Synchronous: each iteration samples exactly one batch, split over the envs.
+        return config, SelfImitationA2CLearner, "auto"
+    if cfg.algo == "ppo":
+        config = PPOConfig(algo_class=ToolAgentPPO).training(
+            vf_loss_coeff=cfg.vf_loss_coeff, lambda_=cfg.gae_lambda,
+            num_epochs=cfg.num_epochs, minibatch_size=cfg.train_batch_size_per_learner,
+        )
+        return config, SelfImitationPPOLearner, "auto"
+    raise ValueError(f"unknown algorithm {cfg.algo!r}")  # validate() refuses it first
+
+
 def build_config(cfg: TrainConfig):
     """The RLlib ``AlgorithmConfig`` for ``cfg`` (not yet built)."""
     register_tool_machine()
-    if cfg.algo != "impala":  # validate() already refuses others; keep the message precise
-        raise ValueError(f"unknown algorithm {cfg.algo!r}")
-    config = (
-        IMPALAConfig(algo_class=ToolAgentIMPALA)
-        .environment(ENV_NAME, env_config=cfg.env_config())
+    config, learner_class, fragment = _algorithm_config(cfg)
+    return (
+        config.environment(ENV_NAME, env_config=cfg.env_config())
         .framework("torch")
         .env_runners(
             num_env_runners=cfg.num_env_runners,
             num_envs_per_env_runner=cfg.num_envs_per_env_runner,
-            rollout_fragment_length=cfg.rollout_fragment_length,
+            num_cpus_per_env_runner=cfg.num_cpus_per_env_runner,
+            rollout_fragment_length=fragment,
             # ~385 MB for a weight server we do not need on one machine.
             use_env_runner_state_server=False,
         )
         .learners(
             num_learners=cfg.num_learners,
             num_gpus_per_learner=cfg.num_gpus_per_learner,
-            learner_class=SelfImitationIMPALALearner,
+            learner_class=learner_class,
             learner_config_dict=cfg.learner_config(),
         )
         .rl_module(rl_module_spec=module_spec(cfg))
@@ -94,14 +143,10 @@ def build_config(cfg: TrainConfig):
             lr=cfg.lr,
             gamma=cfg.gamma,
             entropy_coeff=cfg.entropy_coeff,
-            vf_loss_coeff=cfg.vf_loss_coeff,
             train_batch_size_per_learner=cfg.train_batch_size_per_learner,
             grad_clip=40.0,
-            # The default 0.0 polls nonstop on the driver and starves the runners on 2 cores.
-            timeout_s_sampler_manager=0.05,
         )
         .callbacks(functools.partial(CurriculumCallback, settings=cfg.curriculum_settings()))
         .reporting(min_time_s_per_iteration=1.0)
         .debugging(seed=cfg.seed)
     )
-    return config

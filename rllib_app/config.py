@@ -20,7 +20,7 @@ from typing import Any, Optional, get_type_hints
 from envs import VARIANTS
 from rllib_app.schedules import SCHEDULES, SPEC_PATH, TUTORIAL_STAGES, CurriculumSettings
 
-ALGOS = ("impala",)
+ALGOS = ("impala", "a2c", "ppo", "appo")
 
 
 class UsageError(ValueError):
@@ -43,7 +43,9 @@ def flag(default: Any, help: str, *, choices=None, minimum=None, maximum=None, s
 @dataclass
 class TrainConfig:
     # -- what to train -----------------------------------------------------------------
-    algo: str = flag("impala", "RL algorithm", choices=ALGOS)
+    algo: str = flag(
+        "impala", "RL algorithm: impala (asynchronous, V-trace), a2c (synchronous, ours), ppo, appo", choices=ALGOS
+    )
     variant: str = flag("exact", "task rules: 'exact' (the spec) or 'seed' (the tutorial's)", choices=VARIANTS)
     action_mask: bool = flag(True, "expose the tools that can apply now and mask the rest out of the policy")
     hard_fraction: float = flag(
@@ -62,8 +64,11 @@ class TrainConfig:
     # -- resources -------------------------------------------------------------------------
     num_env_runners: int = flag(1, "env runner processes sampling in parallel (0: sample on the driver)", minimum=0)
     num_envs_per_env_runner: int = flag(32, "tool machines stepped by each env runner", minimum=1)
+    num_cpus_per_env_runner: int = flag(1, "CPUs Ray reserves for each env runner", minimum=1)
     num_learners: int = flag(0, "learner processes (0: learn on the driver; >1: DDP)", minimum=0)
-    num_gpus_per_learner: float = flag(0.0, "GPUs per learner (0: CPU)", minimum=0)
+    num_gpus_per_learner: float = flag(
+        0.0, "GPUs per learner (0: CPU); with --num-learners 0, a GPU for the learner on the driver", minimum=0
+    )
     num_cpus: Optional[int] = flag(
         None, "logical CPUs for the embedded local Ray (default: enough for runners and learners)", minimum=1
     )
@@ -84,9 +89,17 @@ class TrainConfig:
     lr: float = flag(2e-3, "learning rate", minimum=0, strict_min=True)
     entropy_coeff: float = flag(0.03, "entropy bonus coefficient", minimum=0)
     vf_loss_coeff: float = flag(0.5, "value loss coefficient", minimum=0)
+    gae_lambda: float = flag(1.0, "a2c/ppo: GAE lambda (1.0: n-step returns bootstrapped from V)", minimum=0, maximum=1)
+    standardize_advantages: bool = flag(True, "a2c: standardise each batch's advantages")
+    num_epochs: int = flag(4, "ppo: passes over each batch (one minibatch each)", minimum=1)
     gamma: float = flag(0.99, "discount", minimum=0, maximum=1)
-    train_batch_size_per_learner: int = flag(256, "env steps per gradient step and learner", minimum=1)
-    rollout_fragment_length: int = flag(16, "env steps each env contributes to one sample() call", minimum=1)
+    train_batch_size_per_learner: int = flag(
+        256, "env steps per gradient step and learner (total batch: this x max(1, --num-learners))", minimum=1
+    )
+    rollout_fragment_length: int = flag(
+        16, "impala/appo: env steps each env contributes to one sample() call (a2c/ppo derive it from the batch)",
+        minimum=1,
+    )
     hidden_size: int = flag(128, "GRU hidden size", minimum=1)
     context_every_step: bool = flag(
         False, "feed the context features to the GRU at every step, not only into its initial state"

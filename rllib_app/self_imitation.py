@@ -22,8 +22,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from ray.rllib.algorithms.appo.torch.appo_torch_learner import APPOTorchLearner
 from ray.rllib.algorithms.impala.torch.impala_torch_learner import IMPALATorchLearner
+from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.core.columns import Columns
+
+from rllib_app.a2c import A2CLearner
 
 #: Fallbacks for a learner built without these keys in ``learner_config_dict``
 #: (SIL off). The product's defaults live in ``rllib_app.config.TrainConfig``.
@@ -143,8 +147,9 @@ def self_imitation_loss(module, obs, actions, returns, steps, *, value_coeff: fl
     return policy_loss + value_coeff * value_loss, policy_loss, value_loss, per_episode
 
 
-class SelfImitationIMPALALearner(IMPALATorchLearner):
-    """IMPALA's V-trace loss plus the self-imitation term (when ``sil_coeff`` > 0)."""
+class SelfImitationMixin:
+    """Adds the self-imitation term (when ``sil_coeff`` > 0) to the loss of the
+    torch learner it is mixed into (IMPALA's V-trace loss, A2C's loss, ...)."""
 
     def build(self) -> None:
         super().build()
@@ -198,3 +203,19 @@ class SelfImitationIMPALALearner(IMPALATorchLearner):
                 alpha=sil["sil_priority_alpha"],
             )
         return replays[module_id]
+
+
+class SelfImitationIMPALALearner(SelfImitationMixin, IMPALATorchLearner):
+    """IMPALA's V-trace loss plus the self-imitation term."""
+
+
+class SelfImitationA2CLearner(SelfImitationMixin, A2CLearner):
+    """A2C's loss plus the self-imitation term."""
+
+
+class SelfImitationPPOLearner(SelfImitationMixin, PPOTorchLearner):
+    """PPO's clipped loss plus the self-imitation term."""
+
+
+class SelfImitationAPPOLearner(SelfImitationMixin, APPOTorchLearner):
+    """APPO's clipped V-trace loss plus the self-imitation term."""

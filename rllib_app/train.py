@@ -28,17 +28,35 @@ import ray
 
 from rllib_app.algorithms import MODULE_ID, build_config, module_spec
 from rllib_app.checkpoints import save_checkpoint, write_json_atomic
-from rllib_app.config import TrainConfig
+from rllib_app.config import TrainConfig, UsageError
 from rllib_app.curriculum import find_curriculum_callback, finite_metric
 from rllib_app.evaluate import greedy_accuracy
+
+
+def check_gpus(cfg: TrainConfig, available: float) -> None:
+    """Fail now, not after Ray has waited forever for GPUs that will never come."""
+    wanted = cfg.num_gpus_per_learner * max(1, cfg.num_learners)
+    if wanted > available:
+        raise UsageError(
+            f"--num-gpus-per-learner {cfg.num_gpus_per_learner:g} x {max(1, cfg.num_learners)} learner(s) "
+            f"needs {wanted:g} GPU(s), but {'this machine' if not cfg.address else 'the Ray cluster'} "
+            f"has {available:g}; use --num-gpus-per-learner 0 to learn on CPU"
+        )
 
 
 def init_ray(cfg: TrainConfig) -> None:
     if cfg.address:
         ray.init(address=cfg.address)
+        # An autoscaling cluster may add GPU nodes later: only a cluster that can
+        # never have them is an error (no GPU now and no autoscaler configured).
+        if cfg.num_gpus_per_learner and not ray.cluster_resources().get("GPU"):
+            print("warning: the cluster has no GPU yet; the learners wait until one joins", flush=True)
         return
+    import torch
+
+    check_gpus(cfg, torch.cuda.device_count())
     # One logical CPU per Ray process (driver, each runner, each remote learner).
-    needed = 1 + cfg.num_env_runners + cfg.num_learners
+    needed = 1 + cfg.num_env_runners * cfg.num_cpus_per_env_runner + cfg.num_learners
     # address="local": never attach to some other Ray already running here.
     ray.init(
         address="local",

@@ -8,7 +8,7 @@ from conftest import run_cli
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["train", "--algo", "a3c"], "--algo 'a3c' is not one of impala"),
+        (["train", "--algo", "a3c"], "--algo 'a3c' is not one of impala, a2c, ppo, appo"),
         (["train", "--schedule", "sometimes"], "--schedule 'sometimes' is not one of threshold, fixed"),
         (["train", "--variant", "tutorial"], "--variant 'tutorial' is not one of exact, seed"),
         (["train", "--num-env-runners", "-1"], "--num-env-runners must be >= 0, got -1"),
@@ -44,3 +44,15 @@ def test_help_lists_every_train_flag_with_its_default():
                  "--seed", "--output", "--address"):
         assert flag in proc.stdout
     assert "default: impala" in proc.stdout
+
+
+def test_asking_for_gpus_on_a_machine_without_fails_at_once(tmp_path):
+    import torch
+
+    if torch.cuda.device_count() >= 2:
+        pytest.skip("this machine has the GPUs")
+    proc = run_cli("train", "--num-gpus-per-learner", "1", "--num-learners", "2",
+                   "--output", str(tmp_path / "run"), timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "--num-gpus-per-learner 1 x 2 learner(s) needs 2 GPU(s), but this machine has 0" in proc.stderr
+    assert "Traceback" not in proc.stderr

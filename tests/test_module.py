@@ -105,3 +105,30 @@ def test_missing_layout_keys_are_reported():
     with pytest.raises(ValueError, match="context_len"):
         ToolAgentGRUModule(observation_space=env.observation_space, action_space=env.action_space,
                            model_config={"max_seq_len": 16})
+
+
+def test_target_network_starts_equal_and_follows_only_when_updated():
+    from ray.rllib.core.learner.utils import update_target_network
+    from ray.rllib.core.rl_module.apis import TARGET_NETWORK_ACTION_DIST_INPUTS
+
+    module = make_module()
+    module.make_target_networks()
+    obs = torch.as_tensor(episode_observations(2, (1, 2, 3, 4, 5), general_program(2)))[None]
+    batch = {Columns.OBS: obs, Columns.STATE_IN: initial_state(module, 1)}
+
+    def logits():
+        return module.forward_train(batch)[Columns.ACTION_DIST_INPUTS]
+
+    def target_logits():
+        return module.forward_target(batch)[TARGET_NETWORK_ACTION_DIST_INPUTS]
+
+    torch.testing.assert_close(target_logits(), logits())
+    assert not any(p.requires_grad for p in module._target.parameters())
+    with torch.no_grad():
+        module.policy_head[-1].bias += 1.0  # a training step, in effect
+    assert not torch.allclose(target_logits(), logits())
+    for main, target in module.get_target_network_pairs():
+        update_target_network(main_net=main, target_net=target, tau=1.0)
+    torch.testing.assert_close(target_logits(), logits())
+    # env runners get the weights without the target copy
+    assert not any(k.startswith("_target") for k in module.get_state(inference_only=True))

@@ -1,0 +1,248 @@
+"""A2C (advantage actor-critic) on RLlib's new API stack.
+
+RLlib deprecated A2C in 2.8 and deleted it in 2.11; this is A2C for the new stack
+(``RLModule``, ``Learner``, ``EnvRunner``, connectors), usable with any env and any
+module that implements ``ValueFunctionAPI``::
+
+    from rllib_app.a2c import A2CConfig
+
+    config = (
+        A2CConfig()
+        .environment("CartPole-v1")
+        .env_runners(num_env_runners=2, num_envs_per_env_runner=8)
+        .training(lr=1e-3, lambda_=1.0, train_batch_size_per_learner=512)
+    )
+    algo = config.build_algo()
+    algo.train()
+
+One iteration: sample ``train_batch_size_per_learner * max(1, num_learners)`` env
+steps synchronously from every env runner with the current weights; add n-step
+bootstrapped value targets (``lambda_=1.0``, the classic A2C) or GAE targets
+(``lambda_ < 1``) in the learner connector; take exactly one gradient step on
+
+    L = -log pi(a|s) * A  +  vf_loss_coeff * (V(s) - R)^2  -  entropy_coeff * H(pi(.|s))
+
+averaged over the real (unpadded) steps, with ``A = R - V(s)`` (optionally
+standardised over the batch); then sync the weights to the env runners.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from ray.rllib.algorithms.algorithm import Algorithm
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
+from ray.rllib.connectors.learner import AddOneTsToEpisodesAndTruncate, GeneralAdvantageEstimation
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.learner.learner import ENTROPY_KEY, POLICY_LOSS_KEY, VF_LOSS_KEY
+from ray.rllib.core.learner.torch.torch_learner import TorchLearner
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.evaluation.postprocessing import Postprocessing
+from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
+from ray.rllib.utils.annotations import override
+from ray.rllib.utils.metrics import (
+    ALL_MODULES,
+    ENV_RUNNER_RESULTS,
+    ENV_RUNNER_SAMPLING_TIMER,
+    LEARNER_RESULTS,
+    LEARNER_UPDATE_TIMER,
+    NUM_ENV_STEPS_SAMPLED_LIFETIME,
+    SYNCH_WORKER_WEIGHTS_TIMER,
+    TIMERS,
+)
+from ray.rllib.utils.schedules.scheduler import Scheduler
+
+ADVANTAGE_STD_KEY = "advantage_std"
+
+
+class A2CConfig(AlgorithmConfig):
+    """Settings of ``A2C``; ``.training()`` takes the A2C-specific ones below."""
+
+    def __init__(self, algo_class=None):
+        super().__init__(algo_class=algo_class or A2C)
+        self.lr = 1e-3
+        self.train_batch_size_per_learner = 512
+        self.grad_clip = 40.0
+        # 1.0: n-step returns bootstrapped from V at the end of each sampled chunk.
+        self.lambda_ = 1.0
+        self.vf_loss_coeff = 0.5
+        # A number, or a schedule [[timestep, value], ...] interpolated linearly.
+        self.entropy_coeff = 0.01
+        self.standardize_advantages = True
+
+    @override(AlgorithmConfig)
+    def training(
+        self,
+        *,
+        lambda_: float = NotProvided,
+        vf_loss_coeff: float = NotProvided,
+        entropy_coeff: Any = NotProvided,
+        standardize_advantages: bool = NotProvided,
+        **kwargs,
+    ) -> A2CConfig:
+        """``lambda_``: GAE lambda (1.0 = n-step returns); ``vf_loss_coeff``;
+        ``entropy_coeff`` (number or schedule); ``standardize_advantages``: scale
+        the batch's advantages to zero mean and unit std before the policy term."""
+        super().training(**kwargs)
+        for name, value in (
+            ("lambda_", lambda_),
+            ("vf_loss_coeff", vf_loss_coeff),
+            ("entropy_coeff", entropy_coeff),
+            ("standardize_advantages", standardize_advantages),
+        ):
+            if value is not NotProvided:
+                setattr(self, name, value)
+        return self
+
+    @override(AlgorithmConfig)
+    def validate(self) -> None:
+        super().validate()
+        if not 0.0 <= self.lambda_ <= 1.0:
+            self._value_error(f"`lambda_` ({self.lambda_}) must be in [0, 1]")
+        if self.vf_loss_coeff < 0:
+            self._value_error(f"`vf_loss_coeff` ({self.vf_loss_coeff}) must be >= 0")
+        Scheduler.validate(fixed_value_or_schedule=self.entropy_coeff, setting_name="entropy_coeff",
+                           description="entropy coefficient")
+
+    @override(AlgorithmConfig)
+    def get_default_learner_class(self):
+        return A2CLearner
+
+    @override(AlgorithmConfig)
+    def get_default_rl_module_spec(self) -> RLModuleSpec:
+        from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPPOTorchRLModule
+
+        # PPO's default actor-critic module fits A2C exactly (policy + value heads).
+        return RLModuleSpec(module_class=DefaultPPOTorchRLModule)
+
+
+class A2C(Algorithm):
+    """Synchronous advantage actor-critic: sample, one gradient step, sync weights."""
+
+    @classmethod
+    @override(Algorithm)
+    def get_default_config(cls) -> A2CConfig:
+        return A2CConfig()
+
+    @override(Algorithm)
+    def training_step(self) -> None:
+        with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
+            episodes, env_runner_results = synchronous_parallel_sample(
+                worker_set=self.env_runner_group,
+                max_env_steps=self.config.total_train_batch_size,
+                sample_timeout_s=self.config.sample_timeout_s,
+                _uses_new_env_runners=True,
+                _return_metrics=True,
+            )
+            if not episodes:
+                return
+            self.metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
+
+        with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
+            learner_results = self.learner_group.update(
+                episodes=episodes,
+                timesteps={
+                    NUM_ENV_STEPS_SAMPLED_LIFETIME: self.metrics.peek(
+                        (ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME)
+                    ),
+                },
+                # One pass over the whole batch as one minibatch: one gradient step.
+                num_epochs=1,
+                minibatch_size=None,
+            )
+            self.metrics.aggregate(learner_results, key=LEARNER_RESULTS)
+
+        with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
+            self.env_runner_group.sync_weights(
+                from_worker_or_learner_group=self.learner_group,
+                policies=set(learner_results[0].keys()) - {ALL_MODULES},
+                inference_only=True,
+            )
+
+
+def a2c_loss(
+    logp: torch.Tensor,
+    entropy: torch.Tensor,
+    values: torch.Tensor,
+    value_targets: torch.Tensor,
+    mask: torch.Tensor | None,
+    *,
+    vf_loss_coeff: float,
+    entropy_coeff: float,
+    standardize_advantages: bool,
+) -> dict[str, torch.Tensor]:
+    """The A2C loss and its parts, averaged over the steps where ``mask`` is true
+    (padding of recurrent sequences and the bootstrap step are false)."""
+    mask = torch.ones_like(logp, dtype=torch.bool) if mask is None else mask.bool()
+    n = mask.sum().clamp(min=1)
+
+    def mean(x):
+        return torch.where(mask, x, torch.zeros_like(x)).sum() / n
+
+    advantages = (value_targets - values).detach()
+    std = torch.sqrt(mean((advantages - mean(advantages)) ** 2))
+    if standardize_advantages:
+        advantages = (advantages - mean(advantages)) / std.clamp(min=1e-4)
+    policy_loss = -mean(logp * advantages)
+    vf_loss = mean((values - value_targets) ** 2)
+    mean_entropy = mean(entropy)
+    total = policy_loss + vf_loss_coeff * vf_loss - entropy_coeff * mean_entropy
+    return {
+        "total": total,
+        POLICY_LOSS_KEY: policy_loss,
+        VF_LOSS_KEY: vf_loss,
+        ENTROPY_KEY: mean_entropy,
+        ADVANTAGE_STD_KEY: std,
+    }
+
+
+class A2CLearner(TorchLearner):
+    """Adds value targets in the learner connector; computes ``a2c_loss``."""
+
+    @override(TorchLearner)
+    def build(self) -> None:
+        super().build()
+        self._entropy_schedulers: dict[str, Scheduler] = {}
+        if self._learner_connector is not None and self.config.add_default_connectors_to_learner_pipeline:
+            # One artificial step per episode chunk so V can bootstrap the return of a
+            # chunk that did not end; the loss mask excludes it.
+            self._learner_connector.prepend(AddOneTsToEpisodesAndTruncate())
+            self._learner_connector.append(
+                GeneralAdvantageEstimation(gamma=self.config.gamma, lambda_=self.config.lambda_)
+            )
+
+    def _entropy_coeff(self, module_id) -> float:
+        if module_id not in self._entropy_schedulers:
+            self._entropy_schedulers[module_id] = Scheduler(
+                fixed_value_or_schedule=self.config.get_config_for_module(module_id).entropy_coeff,
+                framework=self.framework,
+                device=self._device,
+            )
+        return self._entropy_schedulers[module_id].get_current_value()
+
+    @override(TorchLearner)
+    def after_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
+        super().after_gradient_based_update(timesteps=timesteps)
+        for module_id, scheduler in self._entropy_schedulers.items():
+            value = scheduler.update(timestep=timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0))
+            self.metrics.log_value((module_id, "entropy_coeff"), value, window=1)
+
+    @override(TorchLearner)
+    def compute_loss_for_module(self, *, module_id, config: A2CConfig, batch, fwd_out):
+        module = self.module[module_id].unwrapped()
+        dist = module.get_train_action_dist_cls().from_logits(fwd_out[Columns.ACTION_DIST_INPUTS])
+        values = module.compute_values(batch, embeddings=fwd_out.get(Columns.EMBEDDINGS))
+        parts = a2c_loss(
+            dist.logp(batch[Columns.ACTIONS]),
+            dist.entropy(),
+            values,
+            batch[Postprocessing.VALUE_TARGETS],
+            batch.get(Columns.LOSS_MASK),
+            vf_loss_coeff=config.vf_loss_coeff,
+            entropy_coeff=self._entropy_coeff(module_id),
+            standardize_advantages=config.standardize_advantages,
+        )
+        total = parts.pop("total")
+        self.metrics.log_dict(parts, key=module_id, window=1)
+        return total
