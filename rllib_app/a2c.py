@@ -147,9 +147,9 @@ class A2C(Algorithm):
                         (ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME)
                     ),
                 },
-                # One pass over the whole batch as one minibatch: one gradient step.
+                # One pass, each learner's whole shard as one minibatch: one gradient step.
                 num_epochs=1,
-                minibatch_size=None,
+                minibatch_size=self.config.train_batch_size_per_learner,
             )
             self.metrics.aggregate(learner_results, key=LEARNER_RESULTS)
 

@@ -52,7 +52,7 @@ class TrainConfig:
         0.8, "share of training contexts of memory stages (2, 3, 4) drawn from their memory-required subset", minimum=0, maximum=1
     )
     shaping: float = flag(
-        0.0, "scale of potential-based shaping (progress along the stage's general program); accuracy stays unshaped",
+        0.5, "scale of potential-based shaping (progress along the stage's general program); accuracy stays unshaped",
         minimum=0,
     )
     sil_coeff: float = flag(1.0, "self-imitation loss coefficient (0: off)", minimum=0)

@@ -176,9 +176,10 @@ def test_two_ddp_learners_train_and_stay_identical(local_ray, algo):
         for _ in range(2):
             result = algo_.train()
         learner = result["learners"][MODULE_ID]
-        assert np.isfinite(learner["policy_loss"]) and np.isfinite(learner["vf_loss"])
+        policy_loss = learner["policy_loss" if algo == "a2c" else "pi_loss"]
+        assert np.isfinite(policy_loss) and np.isfinite(learner["vf_loss"]) and np.isfinite(learner["entropy"])
         per_learner = algo_.learner_group.foreach_learner(
-            lambda lrn: {k: v.detach().cpu().numpy() for k, v in lrn.module[MODULE_ID].state_dict().items()}
+            lambda lrn: {k: v.detach().cpu().numpy() for k, v in lrn.module[MODULE_ID].unwrapped().state_dict().items()}
         )
         weights = [r.get() if hasattr(r, "get") else r for r in per_learner]
         assert len(weights) == 2
