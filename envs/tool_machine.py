@@ -52,7 +52,9 @@ CONTEXT_VOCAB = 14
 START_ACTION = NUM_ACTIONS
 DEFAULT_MAX_STEPS = 12
 
-_CONFIG_KEYS = ("variant", "stage", "max_steps", "action_mask", "hard_fraction", "shaping", "shaping_gamma")
+_CONFIG_KEYS = (
+    "variant", "stage", "max_steps", "action_mask", "hard_fraction", "shaping", "shaping_gamma", "step_limit_terminates",
+)
 
 
 def observation_layout() -> dict[str, int]:
@@ -131,6 +133,7 @@ class ToolMachineEnv(gym.Env):
         if self.shaping and self.variant == "seed":
             raise ValueError("shaping is defined for the exact variant only; the seed variant has its own rewards")
         self._path: tuple = ()
+        self.step_limit_terminates = bool(config.get("step_limit_terminates", False))
 
         width = CONTEXT_LEN + 2 + NUM_ACTIONS
         high = np.full(width, max(CONTEXT_VOCAB - 1, START_ACTION), dtype=np.int64)
@@ -199,8 +202,10 @@ class ToolMachineEnv(gym.Env):
             self._state = apply_tool(self._state, action, self.digits)
             answer = self._state.acc
         self._prev_action = action
-        terminated = action == ANS
-        truncated = not terminated and self._steps >= self.max_steps
+        answered = action == ANS
+        out_of_steps = not answered and self._steps >= self.max_steps
+        terminated = answered or (out_of_steps and self.step_limit_terminates)
+        truncated = out_of_steps and not self.step_limit_terminates
         reward = 0.0
         if self.shaping:
             before = progress(previous, self._path)
@@ -210,9 +215,9 @@ class ToolMachineEnv(gym.Env):
         if terminated or truncated:
             # Every value a plain scalar of a fixed type: gymnasium's vector envs
             # pack infos into typed arrays.
-            submitted = answer if terminated else None
+            submitted = answer if answered else None
             correct = submitted is not None and submitted == self.target
-            if terminated:
+            if answered:
                 reward += seed_reward(submitted, self.digits, self.stage) if self.variant == "seed" else float(correct)
             info.update(
                 target=self.target,

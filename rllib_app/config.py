@@ -55,6 +55,9 @@ class TrainConfig:
         0.5, "scale of potential-based shaping (progress along the stage's general program); accuracy stays unshaped",
         minimum=0,
     )
+    step_limit_terminates: bool = flag(
+        False, "report running out of steps as termination (no bootstrap from V), not truncation"
+    )
     sil_coeff: float = flag(1.0, "self-imitation loss coefficient (0: off)", minimum=0)
     sil_batch_episodes: int = flag(256, "successful episodes replayed per self-imitation update", minimum=1)
     sil_capacity: int = flag(20_000, "successful episodes kept for self-imitation", minimum=1)
@@ -171,7 +174,10 @@ class TrainConfig:
 
     def env_config(self) -> dict[str, Any]:
         """The training env's config."""
-        config = {**self.eval_env_config(), "hard_fraction": self.hard_fraction}
+        config = {
+            **self.eval_env_config(), "hard_fraction": self.hard_fraction,
+            "step_limit_terminates": self.step_limit_terminates,
+        }
         if self.shaping:
             config.update(shaping=self.shaping, shaping_gamma=self.gamma)
         return config

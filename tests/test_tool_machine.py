@@ -145,6 +145,16 @@ def test_truncated_after_max_steps_without_ans():
     assert not info["answered"] and not info["correct"]
 
 
+def test_step_limit_can_be_reported_as_termination():
+    env = ToolMachineEnv({"max_steps": 5, "step_limit_terminates": True})
+    total, info, steps, term, trunc = play(env, [STO] * 10, 0, (2, 3, 4))
+    assert (total, steps, term, trunc) == (0.0, 5, True, False)
+    assert not info["answered"] and not info["correct"]
+    # answering is unchanged
+    total, info, steps, term, trunc = play(env, [MUL, MUL, ADD, ANS], 0, (2, 3, 4))
+    assert (total, term, trunc, info["correct"]) == (1.0, True, False, True)
+
+
 def test_default_max_steps_is_12():
     _, _, steps, _, trunc = play(ToolMachineEnv(), [RCL] * 20, 2, DIGITS)
     assert steps == 12 and trunc
