@@ -24,8 +24,6 @@ ARITHMETIC = (MUL, ADD, SUB)
 #: Context digits shown per stage. Stages 0-2 are the spec's; 3 and 4 are memory
 #: drills (shorter targets that also need STO/RCL), a curriculum lever for stage 2.
 STAGE_DIGITS = {0: 3, 1: 4, 2: 5, 3: 3, 4: 4}
-#: The target of each stage, as text (digits named a, b, c, d, e in reading order).
-STAGE_FORMULAS = {0: "a*b+c", 1: "(a*b+c)-d", 2: "(a*b+c)-(d*e)", 3: "a-b*c", 4: "a*b-c*d"}
 #: The stages that cannot be solved on every context without STO/RCL.
 MEMORY_STAGES = (2, 3, 4)
 

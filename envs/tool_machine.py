@@ -88,7 +88,7 @@ class ToolMachineEnv(gym.Env):
 
     Args:
         config: RLlib's ``env_config`` (or any mapping) with optional keys
-            ``variant`` ("exact" | "seed"), ``stage`` (0-2), ``max_steps``
+            ``variant`` ("exact" | "seed"), ``stage`` (0-4; the seed variant 0-2), ``max_steps``
             (exact variant only; the seed variant always reads 6 tokens) and
             ``action_mask`` (bool: expose the tools that can apply now) and
             ``hard_fraction`` (0-1: the share of episodes of a memory stage (2, and

@@ -28,7 +28,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from rllib_app.checkpoints import write_json_atomic
+from rllib_app.checkpoints import write_json_atomic, write_text_atomic
 from rllib_app.config import TrainConfig, UsageError
 
 #: Each lever as the train-config change that removes it from the default recipe.
@@ -120,7 +120,7 @@ def _read_records(path: pathlib.Path) -> list[dict[str, Any]]:
 
 
 def run_ablation(
-    base: TrainConfig, train_args: list[str], levers: Sequence[str], seeds: Sequence[int], output: pathlib.Path
+    train_args: list[str], levers: Sequence[str], seeds: Sequence[int], output: pathlib.Path
 ) -> list[dict[str, Any]]:
     output.mkdir(parents=True, exist_ok=True)
     runs_file = output / "runs.jsonl"
@@ -155,9 +155,7 @@ def run_ablation(
                 )
             else:
                 print(f"ablate: {lever} seed {seed} failed (exit code {rc}); see {run_dir / 'train.log'}", flush=True)
-            table = ablation_table(records, levers)
-            (output / ".ablation.md.tmp").write_text(table)
-            (output / ".ablation.md.tmp").replace(output / "ablation.md")
+            write_text_atomic(output / "ablation.md", ablation_table(records, levers))
     write_json_atomic(output / "ablation.json", {"levers": list(levers), "seeds": list(seeds), "runs": records})
     return records
 
@@ -172,8 +170,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="runs/ablate", help="directory for the runs and the table (default: runs/ablate)")
 
 
-def parse(args: argparse.Namespace, train_args: list[str]) -> tuple[TrainConfig, list[str], list[int]]:
-    """Validate everything before the first run starts."""
+def parse(args: argparse.Namespace, train_args: list[str]) -> tuple[list[str], list[int]]:
+    """Validate everything before the first run starts; the levers to run and the seeds."""
     levers = [s.strip() for s in args.levers.split(",") if s.strip()]
     unknown = [name for name in levers if name not in LEVERS]
     if not levers or unknown:
@@ -197,4 +195,4 @@ def parse(args: argparse.Namespace, train_args: list[str]) -> tuple[TrainConfig,
     base = TrainConfig.from_namespace(ns)
     for lever in levers:
         dataclasses.replace(base, **LEVERS[lever]).validate()
-    return base, active_levers(base, levers), seeds
+    return active_levers(base, levers), seeds

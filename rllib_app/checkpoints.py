@@ -30,11 +30,15 @@ class CheckpointError(ValueError):
     """A path that is not a usable checkpoint."""
 
 
-def write_json_atomic(path: pathlib.Path, data: Any) -> None:
-    """Write JSON so that readers see the old file or the new one, never half of one."""
+def write_text_atomic(path: pathlib.Path, text: str) -> None:
+    """Write so that readers see the old file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: pathlib.Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def save_checkpoint(algo, train_config, output: pathlib.Path, iteration: int) -> pathlib.Path:

@@ -126,8 +126,8 @@ def _cmd_explain(args) -> int:
 
 
 def _cmd_ablate(args, train_args: list[str]) -> int:
-    base, levers, seeds = ablate.parse(args, train_args)
-    records = ablate.run_ablation(base, train_args, levers, seeds, pathlib.Path(args.output))
+    levers, seeds = ablate.parse(args, train_args)
+    records = ablate.run_ablation(train_args, levers, seeds, pathlib.Path(args.output))
     print(ablate.ablation_table(records, levers))
     return 0 if all(r["summary"] for r in records) else 1
 

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, get_type_hints
 
 from envs import VARIANTS
-from rllib_app.schedules import SCHEDULES, SPEC_PATH, TUTORIAL_STAGES, CurriculumSettings
+from rllib_app.schedules import DRILL_PATH, SCHEDULES, SPEC_PATH, TUTORIAL_STAGES, CurriculumSettings
 
 ALGOS = ("impala", "a2c", "ppo", "appo")
+_DRILL_EXAMPLE = ",".join(map(str, DRILL_PATH))
 
 
 class UsageError(ValueError):
@@ -80,7 +81,7 @@ class TrainConfig:
     schedule: str = flag("threshold", "curriculum: promote on sampled accuracy, or a fixed stage per iteration block", choices=SCHEDULES)
     stage_path: str = flag(
         ",".join(map(str, SPEC_PATH)),
-        "threshold schedule: the stages in training order; 0,1,3,4,2 adds the memory drills "
+        f"threshold schedule: the stages in training order; {_DRILL_EXAMPLE} adds the memory drills "
         "a-b*c (3) and a*b-c*d (4) before stage 2",
     )
     promotion_accuracy: float = flag(0.95, "threshold schedule: sampled accuracy that promotes the stage", minimum=0, maximum=1, strict_min=True)
@@ -151,9 +152,11 @@ class TrainConfig:
         return _stage_list("--fixed-stages", self.fixed_stages, example="0,0,1,2")
 
     def stage_path_list(self) -> tuple[int, ...]:
-        path = _stage_list("--stage-path", self.stage_path, example="0,1,3,4,2")
+        path = _stage_list("--stage-path", self.stage_path, example=_DRILL_EXAMPLE)
         if len(set(path)) != len(path):
-            raise UsageError(f"--stage-path {self.stage_path!r} names a stage twice; each stage once, e.g. 0,1,3,4,2")
+            raise UsageError(
+                f"--stage-path {self.stage_path!r} names a stage twice; each stage once, e.g. {_DRILL_EXAMPLE}"
+            )
         return path
 
     def trained_stages(self) -> tuple[int, ...]:

@@ -48,8 +48,8 @@ def check_gpus(cfg: TrainConfig, available: float) -> None:
 def init_ray(cfg: TrainConfig) -> None:
     if cfg.address:
         ray.init(address=cfg.address)
-        # An autoscaling cluster may add GPU nodes later: only a cluster that can
-        # never have them is an error (no GPU now and no autoscaler configured).
+        # An autoscaling cluster may add GPU nodes later, so a cluster without GPUs
+        # yet only gets a warning; the local check below is an error.
         if cfg.num_gpus_per_learner and not ray.cluster_resources().get("GPU"):
             print("warning: the cluster has no GPU yet; the learners wait until one joins", flush=True)
         return
