@@ -41,7 +41,7 @@ def write_json_atomic(path: pathlib.Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
-def save_checkpoint(algo, train_config, output: pathlib.Path, iteration: int) -> pathlib.Path:
+def save_checkpoint(algo, train_config, output: pathlib.Path, iteration: int, progress: dict | None = None) -> pathlib.Path:
     """Save to ``checkpoints/iter_N`` via a temporary directory, then point the
     ``checkpoint`` symlink at it: a crash mid-save never leaves a half-written
     checkpoint that looks valid."""
@@ -53,7 +53,12 @@ def save_checkpoint(algo, train_config, output: pathlib.Path, iteration: int) ->
     algo.save_to_path(str(tmp.resolve()))
     write_json_atomic(
         tmp / RUN_INFO_FILE,
-        {"env_config": train_config.eval_env_config(), "train_config": dataclasses.asdict(train_config)},
+        {
+            "env_config": train_config.eval_env_config(),
+            "train_config": dataclasses.asdict(train_config),
+            # what a resumed run continues from (RLlib restores iteration and env steps itself)
+            "progress": {"iteration": iteration, **(progress or {})},
+        },
     )
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)

@@ -4,6 +4,7 @@
     toolagent eval CHECKPOINT          greedy accuracy and mean return per stage
     toolagent explain CHECKPOINT       a few trajectories as readable rows
     toolagent ablate [flags]           the default recipe with each lever removed, over seeds
+    toolagent tune [flags]             Ray Tune over curriculum schedules, best trial first
 
 ``python -m rllib_app ...`` is the same program. Usage errors print one line
 and exit with code 2.
@@ -17,7 +18,7 @@ import pathlib
 import sys
 
 from envs import NUM_STAGES, SPEC_STAGES
-from rllib_app import ablate
+from rllib_app import ablate, sweep
 from rllib_app.checkpoints import CheckpointError, resolve_checkpoint
 from rllib_app.config import TrainConfig, UsageError
 
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="toolagent", description="Train a recurrent agent to use tools, with Ray RLlib."
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,explain,ablate}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,explain,ablate,tune}")
 
     train = sub.add_parser("train", help="train with RLlib until every stage is solved",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -80,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Any other 'toolagent train' flag is passed to every run (e.g. --max-minutes 5).",
     )
     ablate.add_arguments(ab)
+
+    tu = sub.add_parser(
+        "tune", help="Ray Tune over curriculum schedules (ASHA), with a results table",
+        description="Each trial is a 'toolagent train' run; any other 'toolagent train' flag sets the "
+        "base config of every trial (e.g. --num-env-runners 0 --algo a2c). Search-space file: "
+        "train option -> value or {choice|grid|uniform|loguniform|randint: [...]}.",
+    )
+    sweep.add_arguments(tu)
     return parser
 
 
@@ -132,17 +141,19 @@ def _cmd_ablate(args, train_args: list[str]) -> int:
     return 0 if all(r["summary"] for r in records) else 1
 
 
-COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "explain": _cmd_explain, "ablate": _cmd_ablate}
+COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "explain": _cmd_explain}
+#: Commands that pass the flags they do not know on to 'toolagent train'.
+PASSTHROUGH = {"ablate": _cmd_ablate, "tune": sweep.main}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "ablate":
+    if extra and args.command not in PASSTHROUGH:
         parser.parse_args(argv)  # reports the unknown flags, exit code 2
     try:
-        if args.command == "ablate":
-            return _cmd_ablate(args, extra)
+        if args.command in PASSTHROUGH:
+            return PASSTHROUGH[args.command](args, extra)
         return COMMANDS[args.command](args)
     except (UsageError, CheckpointError) as err:
         parser.exit(2, f"toolagent {args.command}: error: {err}\n")

@@ -78,10 +78,15 @@ class TrainConfig:
     )
     address: Optional[str] = flag(None, "Ray cluster to join ('auto' or host:port); default: start a local Ray")
     # -- curriculum ----------------------------------------------------------------------------
-    schedule: str = flag("threshold", "curriculum: promote on sampled accuracy, or a fixed stage per iteration block", choices=SCHEDULES)
+    schedule: str = flag(
+        "threshold",
+        "curriculum: threshold (promote on sampled accuracy), fixed (a stage per iteration block), "
+        "progress (a teacher samples stages by learning progress)",
+        choices=SCHEDULES,
+    )
     stage_path: str = flag(
         ",".join(map(str, SPEC_PATH)),
-        f"threshold schedule: the stages in training order; {_DRILL_EXAMPLE} adds the memory drills "
+        f"threshold/progress schedules: the stages in training order; {_DRILL_EXAMPLE} adds the memory drills "
         "a-b*c (3) and a*b-c*d (4) before stage 2",
     )
     promotion_accuracy: float = flag(0.95, "threshold schedule: sampled accuracy that promotes the stage", minimum=0, maximum=1, strict_min=True)
@@ -89,6 +94,11 @@ class TrainConfig:
     replay_probability: float = flag(0.2, "probability of sampling an earlier stage once promoted", minimum=0, maximum=0.99)
     fixed_stages: str = flag(",".join(map(str, TUTORIAL_STAGES)), "fixed schedule: stage of each iteration block")
     iterations_per_stage_entry: int = flag(10, "fixed schedule: iterations per entry of --fixed-stages", minimum=1)
+    progress_floor: float = flag(
+        0.1, "progress schedule: share of episodes spread uniformly over the stages", minimum=0, maximum=1
+    )
+    progress_window: int = flag(8, "progress schedule: accuracy points per stage the slope is fitted over", minimum=2)
+    progress_episodes: int = flag(64, "progress schedule: episodes of a stage per accuracy point", minimum=1)
     # -- optimisation ----------------------------------------------------------------------------
     lr: float = flag(2e-3, "learning rate", minimum=0, strict_min=True)
     entropy_coeff: float = flag(0.03, "entropy bonus coefficient", minimum=0)
@@ -173,6 +183,9 @@ class TrainConfig:
             replay_probability=self.replay_probability,
             fixed_stages=self.fixed_stage_list(),
             iterations_per_stage_entry=self.iterations_per_stage_entry,
+            progress_floor=self.progress_floor,
+            progress_window=self.progress_window,
+            progress_episodes=self.progress_episodes,
         )
 
     def env_config(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from envs import NUM_STAGES, SPEC_STAGES
 
-SCHEDULES = ("threshold", "fixed")
+SCHEDULES = ("threshold", "fixed", "progress")
 #: The threshold schedule's default path, and the one with the memory drills
 #: (``a-b*c``, ``a*b-c*d``) before stage 2.
 SPEC_PATH = SPEC_STAGES
@@ -37,6 +37,12 @@ class CurriculumSettings:
     #: fixed schedule: the stage for each block of ``iterations_per_stage_entry``.
     fixed_stages: tuple[int, ...] = TUTORIAL_STAGES
     iterations_per_stage_entry: int = 10
+    #: progress schedule: share of episodes spread uniformly over the path's stages.
+    progress_floor: float = 0.1
+    #: progress schedule: accuracy points per stage the slope is fitted over.
+    progress_window: int = 8
+    #: progress schedule: episodes of a stage that make one accuracy point.
+    progress_episodes: int = 64
 
 
 @dataclass
@@ -48,6 +54,10 @@ class Curriculum:
     promotions: list = field(default_factory=list)
     #: Recent (episodes, correct) per stage, newest last, for the sliding window.
     _recent: dict = field(default_factory=lambda: {s: deque() for s in range(NUM_STAGES)})
+    #: progress schedule: (episodes, correct) not yet in a point, and the points
+    #: (iteration, accuracy) per stage, newest last.
+    _pending: dict = field(default_factory=lambda: {s: [0, 0] for s in range(NUM_STAGES)})
+    _points: dict = field(default_factory=lambda: {s: [] for s in range(NUM_STAGES)})
 
     def __post_init__(self):
         self.stage = self.stages()[0]
@@ -60,7 +70,10 @@ class Curriculum:
 
     def stage_weights(self) -> list[float]:
         """Probability of drawing each stage for the next episodes: the current one,
-        and with ``replay_probability`` one of the stages ordered before it."""
+        and with ``replay_probability`` one of the stages ordered before it; for the
+        progress schedule, the teacher's mix."""
+        if self.settings.schedule == "progress":
+            return self._progress_weights()
         weights = [0.0] * NUM_STAGES
         order = self.stages()
         earlier = order[: order.index(self.stage)]
@@ -78,7 +91,8 @@ class Curriculum:
 
     def update(self, counts: dict[int, tuple[int, int]]) -> bool:
         """Record one iteration's sampled ``{stage: (episodes, correct)}``;
-        returns True when the stage changed."""
+        returns True when the stage weights changed (the env runners need them)."""
+        before = self.stage_weights()
         self.iteration += 1
         for s, (n, c) in counts.items():
             if n:
@@ -87,15 +101,62 @@ class Curriculum:
                 # Keep just enough iterations to cover the window.
                 while len(recent) > 1 and sum(k for k, _ in list(recent)[1:]) >= self.settings.window:
                     recent.popleft()
+                self._add_progress_point(s, n, c)
         new_stage = self._next_stage()
         if new_stage != self.stage:
             self.stage = new_stage
             self.promotions.append((self.iteration, new_stage))
-            return True
-        return False
+        return self.stage_weights() != before
+
+    # -- the progress teacher (Matiisen et al. 2017, "Window" variant) --------------------
+    def _add_progress_point(self, stage: int, episodes: int, correct: int) -> None:
+        pending = self._pending[stage]
+        pending[0] += episodes
+        pending[1] += correct
+        if pending[0] >= self.settings.progress_episodes:
+            points = self._points[stage]
+            points.append((self.iteration, pending[1] / pending[0]))
+            del points[: -self.settings.progress_window]
+            pending[0] = pending[1] = 0
+
+    def learning_progress(self, stage: int) -> float | None:
+        """|slope| of the stage's recent accuracy points (accuracy per iteration), by
+        least squares; None until the stage has two points."""
+        points = self._points[stage]
+        if len(points) < 2:
+            return None
+        xs = [x for x, _ in points]
+        ys = [y for _, y in points]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        sxx = sum((x - mx) ** 2 for x in xs)
+        if sxx == 0:
+            return 0.0
+        return abs(sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx)
+
+    def _progress_weights(self) -> list[float]:
+        """Sample stages in proportion to |learning progress|, plus a uniform floor.
+        The absolute slope also re-samples a stage being forgotten (negative slope);
+        a stage without two points yet counts as the most promising one, so every
+        stage gets measured."""
+        cfg = self.settings
+        order = self.stages()
+        progress = {s: self.learning_progress(s) for s in order}
+        known = [p for p in progress.values() if p is not None]
+        unknown_value = max(known, default=0.0) or 1.0
+        scores = {s: unknown_value if p is None else p for s, p in progress.items()}
+        total = sum(scores.values())
+        weights = [0.0] * NUM_STAGES
+        for s in order:
+            share = scores[s] / total if total > 0 else 1.0 / len(order)
+            weights[s] = cfg.progress_floor / len(order) + (1.0 - cfg.progress_floor) * share
+        return weights
 
     def _next_stage(self) -> int:
         cfg = self.settings
+        if cfg.schedule == "progress":
+            # The stage the teacher favours now, for progress lines and summaries.
+            weights = self._progress_weights()
+            return max(self.stages(), key=lambda s: weights[s])
         if cfg.schedule == "fixed":
             entry = min(self.iteration // cfg.iterations_per_stage_entry, len(cfg.fixed_stages) - 1)
             return cfg.fixed_stages[entry]
@@ -115,6 +176,8 @@ class Curriculum:
             "iteration": self.iteration,
             "promotions": [list(p) for p in self.promotions],
             "recent": {str(s): [list(x) for x in q] for s, q in self._recent.items()},
+            "pending": {str(s): list(v) for s, v in self._pending.items()},
+            "points": {str(s): [list(x) for x in v] for s, v in self._points.items()},
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -124,3 +187,6 @@ class Curriculum:
         self._recent = {
             s: deque(tuple(x) for x in state["recent"].get(str(s), [])) for s in range(NUM_STAGES)
         }
+        # .get: checkpoints from before the progress schedule have neither.
+        self._pending = {s: list(state.get("pending", {}).get(str(s), [0, 0])) for s in range(NUM_STAGES)}
+        self._points = {s: [tuple(x) for x in state.get("points", {}).get(str(s), [])] for s in range(NUM_STAGES)}

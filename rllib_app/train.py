@@ -28,7 +28,7 @@ from typing import Any
 import ray
 
 from rllib_app.algorithms import MODULE_ID, build_config, module_spec
-from rllib_app.checkpoints import save_checkpoint, write_json_atomic
+from rllib_app.checkpoints import read_run_info, save_checkpoint, write_json_atomic
 from rllib_app.config import TrainConfig, UsageError
 from rllib_app.curriculum import find_curriculum_callback, finite_metric
 from rllib_app.evaluate import greedy_accuracy
@@ -74,8 +74,33 @@ def _format_accuracy(values: dict[str, Any]) -> str:
     return " ".join(f"s{k} {'  -  ' if v is None else f'{v:.3f}'}" for k, v in values.items())
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Train until every stage reaches the target accuracy or the budget runs out."""
+def iteration_metrics(cfg: TrainConfig, result: dict, env_steps: int, seconds: float) -> dict[str, Any]:
+    """The flat per-iteration metrics ``toolagent tune`` reports (and ASHA ranks).
+
+    ``score`` is the sum over the trained stages of their sampled accuracy (a stage not
+    reached yet counts 0): it rises with every stage learned, so at equal env steps it
+    ranks a run that has solved more stages, sooner, above one that has not.
+    """
+    cur = result.get("curriculum", {})
+    sampled = {s: cur.get(f"stage_{s}_sampled_accuracy") for s in cfg.trained_stages()}
+    return {
+        "iteration": int(result.get("training_iteration", 0)),
+        "env_steps": env_steps,
+        "wall_seconds": round(seconds, 1),
+        "stage": cur.get("stage"),
+        **{f"sampled_accuracy_{s}": v for s, v in sampled.items()},
+        "score": float(sum(v or 0.0 for v in sampled.values())),
+    }
+
+
+def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_iteration=None) -> dict[str, Any]:
+    """Train until every stage reaches the target accuracy or the budget runs out.
+
+    ``resume_from``: a checkpoint to continue (weights, optimiser, curriculum, iteration
+    and env-step counts, elapsed time). ``on_iteration(metrics, checkpoint)`` is called
+    after every iteration with ``iteration_metrics`` (plus the greedy accuracy on
+    evaluation iterations) and the checkpoint written then, if any.
+    """
     cfg.validate()
     output = pathlib.Path(cfg.output)
     output.mkdir(parents=True, exist_ok=True)
@@ -86,15 +111,21 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     curriculum = find_curriculum_callback(algo).curriculum
     eval_module = module_spec(cfg).build()
     eval_module.eval()
+    earlier_seconds = 0.0
+    if resume_from is not None:
+        algo.restore_from_path(str(pathlib.Path(resume_from).resolve()))
+        earlier_seconds = float(read_run_info(pathlib.Path(resume_from)).get("progress", {}).get("wall_seconds", 0.0))
 
     stages = cfg.trained_stages()
-    start = time.time()
+    start = time.time() - earlier_seconds
     env_steps = 0
     accuracy: dict[str, Any] = {}
     target_reached = False
     checkpoint = None
-    iteration = 0
-    last_steps, last_time = 0, start
+    iteration = algo.training_iteration
+    # after a restore, RLlib's own lifetime counter continues from the checkpoint
+    last_steps = int(algo.metrics.peek(("env_runners", "num_env_steps_sampled_lifetime"), default=0))
+    last_time = time.time()
     try:
         while True:
             result = algo.train()
@@ -113,6 +144,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 + ("" if replay is None else f" | SIL replay {int(replay):,}"),
                 flush=True,
             )
+            metrics = iteration_metrics(cfg, result, env_steps, now - start)
+            new_checkpoint = None
             out_of_time = (now - start) / 60 >= cfg.max_minutes
             out_of_iters = cfg.max_iterations and iteration >= cfg.max_iterations
             if iteration % cfg.eval_interval == 0 or out_of_time or out_of_iters:
@@ -121,12 +154,22 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     eval_module, stages, episodes=cfg.eval_episodes, env_config=cfg.eval_env_config(), seed=cfg.seed
                 )
                 target_reached = all(v["accuracy"] >= cfg.target_accuracy for v in accuracy.values())
-                checkpoint = save_checkpoint(algo, cfg, output, iteration)
+                checkpoint = new_checkpoint = save_checkpoint(
+                    algo, cfg, output, iteration, progress={"env_steps": env_steps, "wall_seconds": round(now - start, 1)}
+                )
                 print(
                     f"eval @ iter {iteration}: greedy accuracy "
                     f"{_format_accuracy({k: v['accuracy'] for k, v in accuracy.items()})}",
                     flush=True,
                 )
+            if accuracy:
+                metrics.update(
+                    {f"accuracy_{row}": v["accuracy"] for row, v in accuracy.items()},
+                    stages_solved=sum(v["accuracy"] >= cfg.target_accuracy for v in accuracy.values()),
+                    target_reached=target_reached,
+                )
+            if on_iteration is not None:
+                on_iteration(metrics, new_checkpoint)
             if target_reached or out_of_time or out_of_iters:
                 break
     finally:

@@ -69,3 +69,63 @@ def test_callback_treats_missing_or_nan_counts_as_no_episodes():
     result = {"env_runners": {"curriculum/stage_0_episodes": 4.0, "curriculum/stage_0_correct": 3.0}}
     cb.on_train_result(algorithm=None, result=result)
     assert result["curriculum"]["stage_0_sampled_accuracy"] == 0.75
+
+
+def _progress(**kw):
+    return Curriculum(CurriculumSettings(schedule="progress", progress_episodes=10, progress_window=4,
+                                         progress_floor=0.1, **kw))
+
+
+def test_progress_teacher_starts_uniform_over_the_path():
+    cur = _progress(path=(0, 1, 2))
+    assert cur.stage_weights() == pytest.approx([1 / 3, 1 / 3, 1 / 3, 0.0, 0.0])
+    assert cur.learning_progress(0) is None
+
+
+def test_progress_teacher_samples_by_absolute_slope_with_a_floor():
+    cur = _progress(path=(0, 1, 2))
+    # stage 0 climbs 0.1 per iteration, stage 1 is flat, stage 2 is being forgotten at 0.05
+    for i in range(4):
+        changed = cur.update({0: (10, 1 + i), 1: (10, 5), 2: (10, 9 - i // 2 * 1)})
+    assert changed
+    assert cur.learning_progress(0) == pytest.approx(0.1)
+    assert cur.learning_progress(1) == pytest.approx(0.0)
+    # stage 2's points 0.9 0.9 0.8 0.8: least-squares slope -0.04, hand-computed
+    assert cur.learning_progress(2) == pytest.approx(0.04)
+    w = cur.stage_weights()
+    assert w[0] == pytest.approx(0.1 / 3 + 0.9 * 0.1 / 0.14)
+    assert w[1] == pytest.approx(0.1 / 3)  # no progress: only the floor
+    assert w[2] == pytest.approx(0.1 / 3 + 0.9 * 0.04 / 0.14)  # forgetting is re-sampled
+    assert sum(w) == pytest.approx(1.0) and w[3] == w[4] == 0.0
+    assert cur.stage == 0  # the favoured stage, for progress lines
+
+
+def test_progress_teacher_tries_unmeasured_stages_and_keeps_a_window():
+    cur = _progress(path=(0, 1, 2))
+    for i in range(6):
+        cur.update({0: (10, min(10, 2 * i)), 1: (10, 3)})
+    # stage 2 has no points: it counts as the most promising one
+    assert cur.learning_progress(2) is None
+    w = cur.stage_weights()
+    assert w[2] == pytest.approx(max(w))
+    assert len(cur._points[0]) == 4  # window of 4 points
+    # points of 5 episodes each iteration: one point every two iterations
+    cur2 = _progress(path=(0, 1))
+    for _ in range(4):
+        cur2.update({0: (5, 5)})
+    assert len(cur2._points[0]) == 2
+
+
+def test_progress_state_round_trips():
+    cur = _progress(path=(0, 1, 2))
+    for i in range(3):
+        cur.update({0: (10, 3 + 2 * i), 1: (7, 1)})
+    other = _progress(path=(0, 1, 2))
+    other.set_state(cur.get_state())
+    assert other.stage_weights() == pytest.approx(cur.stage_weights())
+    assert other._pending == cur._pending and other._points == cur._points
+    # and through JSON, as checkpoints and Tune see it
+    import json
+    third = _progress(path=(0, 1, 2))
+    third.set_state(json.loads(json.dumps(cur.get_state())))
+    assert third.stage_weights() == pytest.approx(cur.stage_weights())

@@ -219,3 +219,39 @@ def test_a2c_checkpoint_restores_and_keeps_training_and_eval_reads_it(local_ray,
     proc = run_cli("eval", str(tmp_path), "--episodes", "20", "--json", timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert set(json.loads(proc.stdout.strip().splitlines()[-1])["stages"]) == {"0", "1", "2", "2m"}
+
+
+def test_train_resumes_iterations_env_steps_and_the_progress_teacher(local_ray, tmp_path):
+    """``train(resume_from=...)`` (what Tune's trial restore uses) continues the run."""
+    import json as _json
+
+    from rllib_app.config import TrainConfig
+    from rllib_app.train import train
+
+    seen = []
+    cfg = TrainConfig(num_env_runners=0, schedule="progress", progress_episodes=8, max_iterations=3,
+                      eval_interval=3, output=str(tmp_path / "a"), **SMALL)
+    first = train(cfg, on_iteration=lambda m, c: seen.append((m, c)))
+    assert [m["iteration"] for m, _ in seen] == [1, 2, 3] and seen[-1][1] is not None
+    assert all(m["score"] >= 0 for m, _ in seen) and "accuracy_2m" in seen[-1][0]
+    checkpoint = seen[-1][1]
+    saved = _json.loads((checkpoint / "toolagent.json").read_text())["progress"]
+    assert saved["iteration"] == 3 and saved["env_steps"] == first["env_steps"]
+
+    from ray.rllib.algorithms.algorithm import Algorithm
+
+    from rllib_app.curriculum import find_curriculum_callback
+
+    algo = Algorithm.from_checkpoint(str(checkpoint))
+    try:
+        teacher = find_curriculum_callback(algo).curriculum.get_state()
+    finally:
+        algo.stop()
+    assert any(teacher["points"][s] for s in ("0", "1", "2"))  # the teacher's statistics came back
+
+    resumed = []
+    cfg2 = TrainConfig(**{**cfg.__dict__, "max_iterations": 5, "output": str(tmp_path / "b")})
+    second = train(cfg2, resume_from=checkpoint, on_iteration=lambda m, c: resumed.append(m))
+    assert [m["iteration"] for m in resumed] == [4, 5]
+    assert resumed[0]["env_steps"] > first["env_steps"] and second["iterations"] == 5
+    assert resumed[0]["wall_seconds"] >= saved["wall_seconds"]
