@@ -128,6 +128,7 @@ def build_config(cfg: TrainConfig):
             num_env_runners=cfg.num_env_runners,
             num_envs_per_env_runner=cfg.num_envs_per_env_runner,
             num_cpus_per_env_runner=cfg.num_cpus_per_env_runner,
+            custom_resources_per_env_runner={cfg.env_runner_resource: 1} if cfg.env_runner_resource else {},
             rollout_fragment_length=fragment,
             # ~385 MB for a weight server we do not need on one machine.
             use_env_runner_state_server=False,
@@ -135,6 +136,7 @@ def build_config(cfg: TrainConfig):
         .learners(
             num_learners=cfg.num_learners,
             num_gpus_per_learner=cfg.num_gpus_per_learner,
+            custom_resources_per_learner={cfg.learner_resource: 1} if cfg.learner_resource else {},
             learner_class=learner_class,
             learner_config_dict=cfg.learner_config(),
         )

@@ -13,13 +13,15 @@ and exit with code 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
+import signal
 import sys
 
 from envs import NUM_STAGES, SPEC_STAGES
 from rllib_app import ablate, sweep
-from rllib_app.checkpoints import CheckpointError, resolve_checkpoint
+from rllib_app.checkpoints import CheckpointError, read_run_info, resolve_checkpoint
 from rllib_app.config import TrainConfig, UsageError
 
 
@@ -60,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train with RLlib until every stage is solved",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     TrainConfig.add_arguments(train)
+    train.add_argument(
+        "--resume", metavar="DIR", default=None,
+        help="continue the run in DIR (a 'toolagent train' output directory) from its latest checkpoint: same "
+        "config, iteration, env steps, curriculum; flags given here override the saved ones (e.g. --max-minutes)",
+    )
 
     ev = sub.add_parser("eval", help="greedy accuracy and mean return per stage on fresh episodes")
     ev.add_argument("checkpoint", help="a checkpoint directory, or a 'toolagent train' output directory")
@@ -92,13 +99,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cmd_train(args) -> int:
-    cfg = TrainConfig.from_namespace(args)  # before the heavy imports: usage errors come fast
+def _resumed_config(run_dir: str, argv: list[str]) -> tuple[TrainConfig, pathlib.Path]:
+    """The saved config of the run in ``run_dir``, with the flags typed in ``argv`` on top."""
+    checkpoint, _ = resolve_checkpoint(run_dir)
+    saved = read_run_info(checkpoint).get("train_config")
+    if saved is None:
+        raise UsageError(f"--resume {run_dir!r}: its checkpoint has no saved config ({checkpoint})")
+    given = argparse.ArgumentParser(add_help=False)
+    TrainConfig.add_arguments(given, only_given=True)
+    typed, _ = given.parse_known_args(argv)
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    # the run directory, also when given the checkpoint itself (DIR/checkpoints/iter_N)
+    output = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else pathlib.Path(run_dir)
+    cfg = TrainConfig(**{**{k: v for k, v in saved.items() if k in names}, "output": str(output), **vars(typed)})
+    return cfg.validate(), checkpoint
+
+
+def _cmd_train(args, argv: list[str]) -> int:
+    # before the heavy imports: usage errors come fast
+    if args.resume:
+        cfg, checkpoint = _resumed_config(args.resume, argv)
+    else:
+        cfg, checkpoint = TrainConfig.from_namespace(args), None
     from rllib_app.train import train
 
-    summary = train(cfg)
+    summary = train(cfg, resume_from=checkpoint)
     print(json.dumps(summary, indent=2))
-    return 0
+    # stopped by a signal: the shell's convention, 128 + the signal's number
+    return 128 + signal.Signals[summary["stopped_by"]].value if summary["stopped_by"] else 0
 
 
 def _cmd_eval(args) -> int:
@@ -141,7 +169,7 @@ def _cmd_ablate(args, train_args: list[str]) -> int:
     return 0 if all(r["summary"] for r in records) else 1
 
 
-COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "explain": _cmd_explain}
+COMMANDS = {"eval": _cmd_eval, "explain": _cmd_explain}
 #: Commands that pass the flags they do not know on to 'toolagent train'.
 PASSTHROUGH = {"ablate": _cmd_ablate, "tune": sweep.main}
 
@@ -154,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in PASSTHROUGH:
             return PASSTHROUGH[args.command](args, extra)
+        if args.command == "train":
+            return _cmd_train(args, sys.argv[1:] if argv is None else argv)
         return COMMANDS[args.command](args)
     except (UsageError, CheckpointError) as err:
         parser.exit(2, f"toolagent {args.command}: error: {err}\n")

@@ -77,6 +77,14 @@ class TrainConfig:
         None, "logical CPUs for the embedded local Ray (default: enough for runners and learners)", minimum=1
     )
     address: Optional[str] = flag(None, "Ray cluster to join ('auto' or host:port); default: start a local Ray")
+    env_runner_resource: Optional[str] = flag(
+        None, "cluster placement: a custom resource each env runner takes one unit of, so runners land only on "
+        "nodes declaring it (cluster.yaml: rollout_node)"
+    )
+    learner_resource: Optional[str] = flag(
+        None, "cluster placement: a custom resource each remote learner takes one unit of (cluster.yaml: "
+        "learner_node); needs --num-learners >= 1"
+    )
     # -- curriculum ----------------------------------------------------------------------------
     schedule: str = flag(
         "threshold",
@@ -148,6 +156,18 @@ class TrainConfig:
                 raise UsageError(f"{name} must be <= {hi}, got {value}")
         self.fixed_stage_list()
         self.stage_path_list()
+        if self.learner_resource and self.num_learners == 0:
+            raise UsageError(
+                f"--learner-resource {self.learner_resource!r} places remote learners, but --num-learners is 0 "
+                "(the learner runs inside the driver); add --num-learners 1 or more"
+            )
+        for name in ("env_runner_resource", "learner_resource"):
+            value = getattr(self, name)
+            if value is not None and (not value or value in ("CPU", "GPU", "memory") or not value.replace("_", "").isalnum()):
+                raise UsageError(
+                    f"--{name.replace('_', '-')} {value!r} must name a custom resource (letters, digits, _), "
+                    "e.g. rollout_node or learner_node; not CPU, GPU or memory"
+                )
         if self.variant == "seed":
             from envs import SPEC_STAGES
 
@@ -212,12 +232,17 @@ class TrainConfig:
 
     # -- command line --------------------------------------------------------------------------------
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+    def add_arguments(cls, parser: argparse.ArgumentParser, *, only_given: bool = False) -> None:
+        """One option per field; ``only_given``: no defaults, so parsing yields just the
+        flags a user typed (what ``--resume`` overrides in the saved config)."""
         hints = get_type_hints(cls)
         for f in dataclasses.fields(cls):
             meta = f.metadata
             kind = hints[f.name]
-            opts: dict[str, Any] = {"default": f.default, "help": meta["help"] + " (default: %(default)s)"}
+            opts: dict[str, Any] = {
+                "default": argparse.SUPPRESS if only_given else f.default,
+                "help": meta["help"] + " (default: %(default)s)",
+            }
             if kind is bool:
                 opts["action"] = argparse.BooleanOptionalAction
             else:

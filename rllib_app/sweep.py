@@ -56,7 +56,10 @@ DEFAULT_SEARCH_SPACE: dict[str, Any] = {
 KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
 #: Options a trial may not set: the sweep owns where things go, which Ray it uses and
 #: what each trial reserves (its placement group).
-NOT_TUNABLE = ("output", "address", "num_cpus", "num_env_runners", "num_cpus_per_env_runner", "num_learners", "num_gpus_per_learner")
+NOT_TUNABLE = (
+    "output", "address", "num_cpus", "num_env_runners", "num_cpus_per_env_runner", "num_learners",
+    "num_gpus_per_learner", "env_runner_resource", "learner_resource",
+)
 EXPERIMENT = "sweep"
 SWEEP_FILE = "sweep.json"
 
@@ -182,10 +185,13 @@ def trial_resources(cfg: TrainConfig):
     and per remote learner: RLlib's actors land inside the trial's placement group."""
     from ray.tune import PlacementGroupFactory
 
+    def bundle(cpus, gpus=0.0, resource=None):
+        return {"CPU": cpus, **({"GPU": gpus} if gpus else {}), **({resource: 1} if resource else {})}
+
     local_gpu = cfg.num_gpus_per_learner if cfg.num_learners == 0 else 0
-    bundles = [{"CPU": 1, **({"GPU": local_gpu} if local_gpu else {})}]
-    bundles += [{"CPU": cfg.num_cpus_per_env_runner}] * cfg.num_env_runners
-    bundles += [{"CPU": 1, **({"GPU": cfg.num_gpus_per_learner} if cfg.num_gpus_per_learner else {})}] * cfg.num_learners
+    bundles = [bundle(1, local_gpu)]
+    bundles += [bundle(cfg.num_cpus_per_env_runner, resource=cfg.env_runner_resource)] * cfg.num_env_runners
+    bundles += [bundle(1, cfg.num_gpus_per_learner, cfg.learner_resource)] * cfg.num_learners
     return PlacementGroupFactory(bundles, strategy="PACK")
 
 

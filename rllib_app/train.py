@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import signal
+import threading
 import time
 from typing import Any
 
@@ -69,6 +71,48 @@ def init_ray(cfg: TrainConfig) -> None:
     )
 
 
+def _node_id(*_args) -> str:
+    return ray.get_runtime_context().get_node_id()
+
+
+def placement(algo) -> dict[str, Any]:
+    """The Ray node each part of the run is on: where --env-runner-resource and
+    --learner-resource put them (the learner is the driver's when --num-learners is 0)."""
+    driver = _node_id()
+    runners = algo.env_runner_group.foreach_env_runner(_node_id, local_env_runner=False) if algo.env_runner_group.num_remote_env_runners() else []
+    learners = [r.get() for r in algo.learner_group.foreach_learner(_node_id)]
+    return {"driver": driver, "env_runners": list(runners) or [driver], "learners": learners}
+
+
+class StopSignals:
+    """SIGINT/SIGTERM (Ctrl-C, ``ray job stop``, a pre-empted node) end the run after
+    the current iteration with a checkpoint and summary.json, not mid-write. A second
+    signal acts as usual. Only in the main thread (Tune runs trials in others)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, _frame):
+        self.received = signal.Signals(signum).name
+        print(f"{self.received}: stopping after this iteration, with a checkpoint", flush=True)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
 def _format_accuracy(values: dict[str, Any]) -> str:
     """``s0 1.000 s2 0.350 s2m   -  `` for ``{row: accuracy or None}``."""
     return " ".join(f"s{k} {'  -  ' if v is None else f'{v:.3f}'}" for k, v in values.items())
@@ -111,6 +155,9 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
     curriculum = find_curriculum_callback(algo).curriculum
     eval_module = module_spec(cfg).build()
     eval_module.eval()
+    where = placement(algo)
+    print(f"placement: driver on node {where['driver'][:8]}, env runners on {[n[:8] for n in where['env_runners']]}, "
+          f"learners on {[n[:8] for n in where['learners']]}", flush=True)
     earlier_seconds = 0.0
     if resume_from is not None:
         algo.restore_from_path(str(pathlib.Path(resume_from).resolve()))
@@ -126,59 +173,64 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
     # after a restore, RLlib's own lifetime counter continues from the checkpoint
     last_steps = int(algo.metrics.peek(("env_runners", "num_env_steps_sampled_lifetime"), default=0))
     last_time = time.time()
-    try:
-        while True:
-            result = algo.train()
-            iteration = int(result.get("training_iteration", iteration + 1))
-            sampled = finite_metric(result.get("env_runners", {}).get("num_env_steps_sampled_lifetime"))
-            env_steps = int(sampled) if sampled is not None else env_steps
-            now = time.time()
-            rate = (env_steps - last_steps) / max(now - last_time, 1e-9)
-            last_steps, last_time = env_steps, now
-            cur = result.get("curriculum", {})
-            replay = finite_metric(result.get("learners", {}).get(MODULE_ID, {}).get("sil_replay_size"))
-            print(
-                f"iter {iteration:4d} | stage {cur.get('stage', curriculum.stage)} | sampled acc "
-                f"{_format_accuracy({str(s): cur.get(f'stage_{s}_sampled_accuracy') for s in stages})} | env steps {env_steps:,} | "
-                f"{rate:,.0f} steps/s | {now - start:6.1f} s"
-                + ("" if replay is None else f" | SIL replay {int(replay):,}"),
-                flush=True,
-            )
-            metrics = iteration_metrics(cfg, result, env_steps, now - start)
-            new_checkpoint = None
-            out_of_time = (now - start) / 60 >= cfg.max_minutes
-            out_of_iters = cfg.max_iterations and iteration >= cfg.max_iterations
-            if iteration % cfg.eval_interval == 0 or out_of_time or out_of_iters:
-                eval_module.set_state(algo.learner_group.get_weights()[MODULE_ID])
-                accuracy = greedy_accuracy(
-                    eval_module, stages, episodes=cfg.eval_episodes, env_config=cfg.eval_env_config(), seed=cfg.seed
-                )
-                target_reached = all(v["accuracy"] >= cfg.target_accuracy for v in accuracy.values())
-                checkpoint = new_checkpoint = save_checkpoint(
-                    algo, cfg, output, iteration, progress={"env_steps": env_steps, "wall_seconds": round(now - start, 1)}
-                )
+    with StopSignals() as stop:
+        try:
+            while True:
+                result = algo.train()
+                iteration = int(result.get("training_iteration", iteration + 1))
+                sampled = finite_metric(result.get("env_runners", {}).get("num_env_steps_sampled_lifetime"))
+                env_steps = int(sampled) if sampled is not None else env_steps
+                now = time.time()
+                rate = (env_steps - last_steps) / max(now - last_time, 1e-9)
+                last_steps, last_time = env_steps, now
+                cur = result.get("curriculum", {})
+                replay = finite_metric(result.get("learners", {}).get(MODULE_ID, {}).get("sil_replay_size"))
                 print(
-                    f"eval @ iter {iteration}: greedy accuracy "
-                    f"{_format_accuracy({k: v['accuracy'] for k, v in accuracy.items()})}",
+                    f"iter {iteration:4d} | stage {cur.get('stage', curriculum.stage)} | sampled acc "
+                    f"{_format_accuracy({str(s): cur.get(f'stage_{s}_sampled_accuracy') for s in stages})} | env steps {env_steps:,} | "
+                    f"{rate:,.0f} steps/s | {now - start:6.1f} s"
+                    + ("" if replay is None else f" | SIL replay {int(replay):,}"),
                     flush=True,
                 )
-            if accuracy:
-                metrics.update(
-                    {f"accuracy_{row}": v["accuracy"] for row, v in accuracy.items()},
-                    stages_solved=sum(v["accuracy"] >= cfg.target_accuracy for v in accuracy.values()),
-                    target_reached=target_reached,
-                )
-            if on_iteration is not None:
-                on_iteration(metrics, new_checkpoint)
-            if target_reached or out_of_time or out_of_iters:
-                break
-    finally:
-        algo.stop()
-        if started_ray:
-            ray.shutdown()
+                metrics = iteration_metrics(cfg, result, env_steps, now - start)
+                out_of_time = (now - start) / 60 >= cfg.max_minutes
+                out_of_iters = cfg.max_iterations and iteration >= cfg.max_iterations
+                evaluate = not stop.received and (iteration % cfg.eval_interval == 0 or out_of_time or out_of_iters)
+                if evaluate:
+                    eval_module.set_state(algo.learner_group.get_weights()[MODULE_ID])
+                    accuracy = greedy_accuracy(
+                        eval_module, stages, episodes=cfg.eval_episodes, env_config=cfg.eval_env_config(), seed=cfg.seed
+                    )
+                    target_reached = all(v["accuracy"] >= cfg.target_accuracy for v in accuracy.values())
+                    print(
+                        f"eval @ iter {iteration}: greedy accuracy "
+                        f"{_format_accuracy({k: v['accuracy'] for k, v in accuracy.items()})}",
+                        flush=True,
+                    )
+                new_checkpoint = None
+                if evaluate or stop.received:
+                    checkpoint = new_checkpoint = save_checkpoint(
+                        algo, cfg, output, iteration, progress={"env_steps": env_steps, "wall_seconds": round(now - start, 1)}
+                    )
+                if accuracy:
+                    metrics.update(
+                        {f"accuracy_{row}": v["accuracy"] for row, v in accuracy.items()},
+                        stages_solved=sum(v["accuracy"] >= cfg.target_accuracy for v in accuracy.values()),
+                        target_reached=target_reached,
+                    )
+                if on_iteration is not None:
+                    on_iteration(metrics, new_checkpoint)
+                if target_reached or out_of_time or out_of_iters or stop.received:
+                    break
+        finally:
+            algo.stop()
+            if started_ray:
+                ray.shutdown()
 
     summary = {
         "target_reached": target_reached,
+        # the signal that ended the run early (its last checkpoint is the one to --resume)
+        "stopped_by": stop.received,
         "accuracy": {s: v["accuracy"] for s, v in accuracy.items()},
         "mean_return": {s: v["mean_return"] for s, v in accuracy.items()},
         "env_steps": env_steps,
@@ -189,6 +241,7 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
         "variant": cfg.variant,
         "seed": cfg.seed,
         "promotions": [{"iteration": i, "stage": s} for i, s in curriculum.promotions],
+        "placement": where,
         "config": dataclasses.asdict(cfg),
     }
     write_json_atomic(output / "summary.json", summary)

@@ -255,3 +255,42 @@ def test_train_resumes_iterations_env_steps_and_the_progress_teacher(local_ray, 
     assert [m["iteration"] for m in resumed] == [4, 5]
     assert resumed[0]["env_steps"] > first["env_steps"] and second["iterations"] == 5
     assert resumed[0]["wall_seconds"] >= saved["wall_seconds"]
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
+    """SIGTERM mid-run (``ray job stop``, a pre-empted node): checkpoint, summary, exit
+    143; ``train --resume`` then continues iteration, env steps and stage."""
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    flags = ["--num-env-runners", "0", "--num-envs-per-env-runner", "8", "--train-batch-size-per-learner", "128",
+             "--hidden-size", "32", "--eval-interval", "1000", "--max-iterations", "1000", "--output", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "rllib_app", "train", *flags], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("iter    4 |"):
+                proc.send_signal(signal.SIGTERM)
+                break
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, "".join(lines)[-2000:] + rest[-2000:]
+    assert "SIGTERM: stopping after this iteration" in rest
+    summary = json.loads((out / "summary.json").read_text())
+    stopped_at = summary["iterations"]
+    assert summary["stopped_by"] == "SIGTERM" and stopped_at >= 4
+    assert (out / "checkpoint").resolve().name == f"iter_{stopped_at:06d}"
+
+    resumed = run_cli("train", "--resume", str(out), "--max-iterations", str(stopped_at + 2), timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    iters = [line for line in resumed.stdout.splitlines() if line.startswith("iter ")]
+    assert [int(line.split("|")[0].split()[1]) for line in iters] == [stopped_at + 1, stopped_at + 2]
+    after = json.loads((out / "summary.json").read_text())
+    assert after["iterations"] == stopped_at + 2 and after["env_steps"] > summary["env_steps"]
+    assert after["stopped_by"] is None and after["config"]["hidden_size"] == 32  # the saved config
+    assert after["config"]["max_iterations"] == stopped_at + 2  # the flag typed now
