@@ -1,4 +1,4 @@
-"""The tool machine task: a Gymnasium environment, its rules, and an oracle.
+"""The tool machine task: a Gymnasium environment (single and vectorized), its rules, and an oracle.
 
 This package knows nothing of Ray: it is plain Python, numpy and Gymnasium.
 """
@@ -30,6 +30,15 @@ from envs.tool_machine import (
     ToolMachineEnv,
     observation_layout,
 )
+from envs.vector_tool_machine import (
+    GYM_ENV_ID,
+    ToolMachineVectorEnv,
+    make_tool_machine,
+    register_gymnasium_env,
+)
+
+# ``gym.make("envs:toolagent/ToolMachine-v0")`` / ``gym.make_vec(...)`` work in any process.
+register_gymnasium_env()
 
 __all__ = [
     "ACTION_NAMES",
@@ -37,6 +46,7 @@ __all__ = [
     "ANS",
     "CONTEXT_LEN",
     "CONTEXT_VOCAB",
+    "GYM_ENV_ID",
     "MEMORY_STAGES",
     "MUL",
     "NUM_ACTIONS",
@@ -51,9 +61,12 @@ __all__ = [
     "VARIANTS",
     "MachineState",
     "ToolMachineEnv",
+    "ToolMachineVectorEnv",
     "apply_tool",
     "general_program",
+    "make_tool_machine",
     "observation_layout",
+    "register_gymnasium_env",
     "shortest_program",
     "stage_target",
 ]

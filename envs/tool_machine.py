@@ -127,9 +127,10 @@ class ToolMachineEnv(gym.Env):
         self._stage_weights = np.eye(NUM_STAGES)[self._check_stage(config.get("stage", 0))]
         self.shaping = config.get("shaping", 0.0)
         self.shaping_gamma = config.get("shaping_gamma", 0.99)
-        for name, value, hi in (("shaping", self.shaping, None), ("shaping_gamma", self.shaping_gamma, 1.0)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (hi and value > hi):
-                raise ValueError(f"{name} must be a number in [0, {hi or 'inf'}], got {value!r}")
+        for name, value in (("shaping", self.shaping), ("shaping_gamma", self.shaping_gamma)):
+            # written so that NaN fails too (every comparison with NaN is False)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
         if self.shaping and self.variant == "seed":
             raise ValueError("shaping is defined for the exact variant only; the seed variant has its own rewards")
         self._path: tuple = ()

@@ -54,7 +54,7 @@ class TrainConfig:
     )
     shaping: float = flag(
         0.5, "scale of potential-based shaping (progress along the stage's general program); accuracy stays unshaped",
-        minimum=0,
+        minimum=0, maximum=1,
     )
     step_limit_terminates: bool = flag(
         False, "report running out of steps as termination (no bootstrap from V), not truncation"
@@ -80,6 +80,10 @@ class TrainConfig:
     env_runner_resource: Optional[str] = flag(
         None, "cluster placement: a custom resource each env runner takes one unit of, so runners land only on "
         "nodes declaring it (cluster.yaml: rollout_node)"
+    )
+    resource_wait_minutes: float = flag(
+        5.0, "on a cluster: how long to wait for GPUs and custom resources (an autoscaler adding nodes) "
+        "before failing with what is missing", minimum=0
     )
     learner_resource: Optional[str] = flag(
         None, "cluster placement: a custom resource each remote learner takes one unit of (cluster.yaml: "

@@ -202,7 +202,9 @@ def run_sweep(sweep: dict[str, Any], output: pathlib.Path, resume: bool) -> list
     from ray.tune.schedulers import ASHAScheduler
 
     base = TrainConfig(**sweep["base"])
-    experiment = output.resolve() / EXPERIMENT
+    # Multi-node sweeps need storage every node reaches (s3://..., gs://..., NFS).
+    storage = sweep.get("storage_path") or str(output.resolve())
+    experiment = f"{storage.rstrip('/')}/{EXPERIMENT}"
     if not ray.is_initialized():
         if base.address:
             ray.init(address=base.address)
@@ -211,7 +213,7 @@ def run_sweep(sweep: dict[str, Any], output: pathlib.Path, resume: bool) -> list
                      logging_level="WARNING", configure_logging=True)
     trainable = tune.with_resources(tune.with_parameters(run_trial, base=sweep["base"]), trial_resources(base))
     if resume:
-        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True, resume_unfinished=True)
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True, resume_unfinished=True)
     else:
         tuner = tune.Tuner(
             trainable,
@@ -228,7 +230,7 @@ def run_sweep(sweep: dict[str, Any], output: pathlib.Path, resume: bool) -> list
             ),
             run_config=tune.RunConfig(
                 name=EXPERIMENT,
-                storage_path=str(output.resolve()),
+                storage_path=storage,
                 checkpoint_config=tune.CheckpointConfig(
                     num_to_keep=2, checkpoint_score_attribute="score", checkpoint_score_order="max"
                 ),
@@ -326,6 +328,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="YAML or JSON file: train option -> value or {choice|grid|uniform|loguniform|randint: [...]} "
                              "(default: schedule grid, promotion threshold, replay probability, lr)")
     parser.add_argument("--output", default="runs/tune", help="sweep directory (default: runs/tune)")
+    parser.add_argument("--storage-path", default=None,
+                        help="where Tune keeps trials and checkpoints: a path or URI every node reaches "
+                             "(s3://bucket/dir for a multi-node sweep; default: OUTPUT)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted sweep in --output")
 
 
@@ -334,7 +339,7 @@ def parse(args: argparse.Namespace, train_args: list[str]) -> dict[str, Any]:
     output = pathlib.Path(args.output)
     if args.resume:
         saved = output / SWEEP_FILE
-        if not saved.is_file() or not (output / EXPERIMENT).is_dir():
+        if not saved.is_file():
             raise UsageError(f"--resume: {str(output)!r} holds no sweep to resume (no {SWEEP_FILE}); start one without --resume")
         if train_args:
             raise UsageError(f"--resume continues the saved sweep as it was; drop {' '.join(train_args)}")
@@ -360,6 +365,7 @@ def parse(args: argparse.Namespace, train_args: list[str]) -> dict[str, Any]:
         "max_concurrent": args.max_concurrent,
         "max_minutes": args.max_minutes,
         "grace_env_steps": args.grace_env_steps,
+        "storage_path": args.storage_path,
     }
 
 

@@ -21,6 +21,7 @@ docs/learning.md have the measured tables.
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 import signal
 import threading
@@ -36,28 +37,59 @@ from rllib_app.curriculum import find_curriculum_callback, finite_metric
 from rllib_app.evaluate import greedy_accuracy
 
 
-def check_gpus(cfg: TrainConfig, available: float) -> None:
-    """Fail now, not after Ray has waited forever for GPUs that will never come."""
-    wanted = cfg.num_gpus_per_learner * max(1, cfg.num_learners)
-    if wanted > available:
-        raise UsageError(
-            f"--num-gpus-per-learner {cfg.num_gpus_per_learner:g} x {max(1, cfg.num_learners)} learner(s) "
-            f"needs {wanted:g} GPU(s), but {'this machine' if not cfg.address else 'the Ray cluster'} "
-            f"has {available:g}; use --num-gpus-per-learner 0 to learn on CPU"
-        )
+def missing_resources(cfg: TrainConfig, available: dict[str, float]) -> list[str]:
+    """What the run's learners and env runners ask for that ``available`` lacks."""
+    need: dict[str, float] = {}
+    if cfg.num_gpus_per_learner:
+        need["GPU"] = cfg.num_gpus_per_learner * max(1, cfg.num_learners)
+    if cfg.env_runner_resource and cfg.num_env_runners:
+        need[cfg.env_runner_resource] = cfg.num_env_runners
+    if cfg.learner_resource:
+        need[cfg.learner_resource] = cfg.num_learners
+    return [f"{name} {amount:g} (has {available.get(name, 0.0):g})" for name, amount in need.items()
+            if available.get(name, 0.0) < amount]
+
+
+def _resource_error(cfg: TrainConfig, missing: list[str], where: str) -> UsageError:
+    return UsageError(
+        f"{where} cannot host this run: it needs {', '.join(missing)}. GPUs: --num-gpus-per-learner 0 learns on "
+        "CPU; custom resources (--env-runner-resource, --learner-resource) must be declared by some node "
+        "(cluster.yaml, or `ray start --resources`)"
+    )
+
+
+def check_resources(cfg: TrainConfig, available: dict[str, float], where: str) -> None:
+    """Fail now, not after Ray has waited forever for resources that will never come."""
+    missing = missing_resources(cfg, available)
+    if missing:
+        raise _resource_error(cfg, missing, where)
+
+
+def wait_for_cluster_resources(cfg: TrainConfig) -> None:
+    """On a cluster an autoscaler may still add the nodes (cluster.yaml's min_workers 0):
+    wait up to --resource-wait-minutes, then fail with what is missing."""
+    deadline = time.time() + cfg.resource_wait_minutes * 60
+    next_note = 0.0
+    while missing := missing_resources(cfg, ray.cluster_resources()):
+        if time.time() >= deadline:
+            raise _resource_error(cfg, missing, f"the Ray cluster (after {cfg.resource_wait_minutes:g} min)")
+        if time.time() >= next_note:
+            print(f"waiting for the cluster to offer {', '.join(missing)} (up to "
+                  f"{cfg.resource_wait_minutes:g} min: --resource-wait-minutes)", flush=True)
+            next_note = time.time() + 30
+        time.sleep(2)
 
 
 def init_ray(cfg: TrainConfig) -> None:
-    if cfg.address:
-        ray.init(address=cfg.address)
-        # An autoscaling cluster may add GPU nodes later, so a cluster without GPUs
-        # yet only gets a warning; the local check below is an error.
-        if cfg.num_gpus_per_learner and not ray.cluster_resources().get("GPU"):
-            print("warning: the cluster has no GPU yet; the learners wait until one joins", flush=True)
+    # RAY_ADDRESS: set by `ray job submit` for its entrypoint, so a job joins its cluster.
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+        wait_for_cluster_resources(cfg)
         return
     import torch
 
-    check_gpus(cfg, torch.cuda.device_count())
+    check_resources(cfg, {"GPU": torch.cuda.device_count()}, "this machine (an embedded local Ray)")
     # One logical CPU per Ray process (driver, each runner, each remote learner).
     needed = 1 + cfg.num_env_runners * cfg.num_cpus_per_env_runner + cfg.num_learners
     # address="local": never attach to some other Ray already running here.
@@ -147,10 +179,10 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
     """
     cfg.validate()
     output = pathlib.Path(cfg.output)
-    output.mkdir(parents=True, exist_ok=True)
     started_ray = not ray.is_initialized()
     if started_ray:
         init_ray(cfg)
+    output.mkdir(parents=True, exist_ok=True)
     algo = build_config(cfg).build_algo()
     curriculum = find_curriculum_callback(algo).curriculum
     eval_module = module_spec(cfg).build()
@@ -246,3 +278,12 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
     }
     write_json_atomic(output / "summary.json", summary)
     return summary
+
+
+if __name__ == "__main__":
+    # `ray submit cluster.yaml rllib_app/train.py -- FLAGS` runs this file as a script.
+    import sys
+
+    from rllib_app.cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))

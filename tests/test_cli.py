@@ -54,5 +54,16 @@ def test_asking_for_gpus_on_a_machine_without_fails_at_once(tmp_path):
     proc = run_cli("train", "--num-gpus-per-learner", "1", "--num-learners", "2",
                    "--output", str(tmp_path / "run"), timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "--num-gpus-per-learner 1 x 2 learner(s) needs 2 GPU(s), but this machine has 0" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert "this machine (an embedded local Ray) cannot host this run: it needs GPU 2 (has 0)" in proc.stderr
+    assert "--num-gpus-per-learner 0 learns on CPU" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_placement_resources_a_local_ray_lacks_fail_at_once(tmp_path):
+    proc = run_cli("train", "--env-runner-resource", "rollout_node", "--output", str(tmp_path / "run"), timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "it needs rollout_node 1 (has 0)" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("train", "--learner-resource", "learner_node", timeout=60)
+    assert proc.returncode == 2 and "--num-learners is 0" in proc.stderr
+    proc = run_cli("train", "--env-runner-resource", "GPU", timeout=60)
+    assert proc.returncode == 2 and "must name a custom resource" in proc.stderr
