@@ -35,6 +35,7 @@ from rllib_app.checkpoints import read_run_info, save_checkpoint, write_json_ato
 from rllib_app.config import TrainConfig, UsageError
 from rllib_app.curriculum import find_curriculum_callback, finite_metric
 from rllib_app.evaluate import greedy_accuracy
+from rllib_app.history import MetricsHistory, metrics_row
 
 
 def missing_resources(cfg: TrainConfig, available: dict[str, float]) -> list[str]:
@@ -195,6 +196,7 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
         algo.restore_from_path(str(pathlib.Path(resume_from).resolve()))
         earlier_seconds = float(read_run_info(pathlib.Path(resume_from)).get("progress", {}).get("wall_seconds", 0.0))
 
+    history = MetricsHistory(output, resume_after=algo.training_iteration if resume_from is not None else None)
     stages = cfg.trained_stages()
     start = time.time() - earlier_seconds
     env_steps = 0
@@ -227,7 +229,9 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
                 metrics = iteration_metrics(cfg, result, env_steps, now - start)
                 out_of_time = (now - start) / 60 >= cfg.max_minutes
                 out_of_iters = cfg.max_iterations and iteration >= cfg.max_iterations
-                evaluate = not stop.received and (iteration % cfg.eval_interval == 0 or out_of_time or out_of_iters)
+                # read once: a signal arriving later in this iteration is handled after the next one
+                stopping = stop.received is not None
+                evaluate = not stopping and (iteration % cfg.eval_interval == 0 or out_of_time or out_of_iters)
                 if evaluate:
                     eval_module.set_state(algo.learner_group.get_weights()[MODULE_ID])
                     accuracy = greedy_accuracy(
@@ -240,7 +244,7 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
                         flush=True,
                     )
                 new_checkpoint = None
-                if evaluate or stop.received:
+                if evaluate or stopping:
                     checkpoint = new_checkpoint = save_checkpoint(
                         algo, cfg, output, iteration, progress={"env_steps": env_steps, "wall_seconds": round(now - start, 1)}
                     )
@@ -250,11 +254,17 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
                         stages_solved=sum(v["accuracy"] >= cfg.target_accuracy for v in accuracy.values()),
                         target_reached=target_reached,
                     )
+                history.append(metrics_row(
+                    iteration=iteration, wall_seconds=now - start, env_steps=env_steps, steps_per_second=rate,
+                    curriculum=cur, learner=result.get("learners", {}).get(MODULE_ID, {}),
+                    greedy={k: v["accuracy"] for k, v in accuracy.items()} if evaluate else None,
+                ))
                 if on_iteration is not None:
                     on_iteration(metrics, new_checkpoint)
-                if target_reached or out_of_time or out_of_iters or stop.received:
+                if target_reached or out_of_time or out_of_iters or stopping:
                     break
         finally:
+            history.close()
             algo.stop()
             if started_ray:
                 ray.shutdown()
@@ -262,7 +272,7 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
     summary = {
         "target_reached": target_reached,
         # the signal that ended the run early (its last checkpoint is the one to --resume)
-        "stopped_by": stop.received,
+        "stopped_by": stop.received if stopping else None,
         "accuracy": {s: v["accuracy"] for s, v in accuracy.items()},
         "mean_return": {s: v["mean_return"] for s, v in accuracy.items()},
         "env_steps": env_steps,

@@ -34,6 +34,19 @@ def test_train_then_eval_and_explain_from_the_command_line(tmp_path):
     assert set(summary["accuracy"]) == {"0", "1", "2", "2m"}
     assert all(0.0 <= a <= 1.0 for a in summary["accuracy"].values())
     assert (out / "checkpoint").resolve() == (out / "checkpoints" / "iter_000003").resolve()
+    # the history: one row per iteration, greedy accuracy on the evaluation iteration only
+    import pyarrow.parquet as pq
+
+    from rllib_app.history import METRICS_SCHEMA
+
+    history = pq.read_table(out / "metrics.parquet")
+    assert history.schema.equals(METRICS_SCHEMA)
+    rows = history.to_pylist()
+    assert [r["iteration"] for r in rows] == [1, 2, 3]
+    assert [r["greedy_accuracy_2m"] is not None for r in rows] == [False, False, True]
+    assert rows[-1]["greedy_accuracy_2m"] == summary["accuracy"]["2m"] and rows[-1]["env_steps"] == summary["env_steps"]
+    assert all(r["env_steps"] > 0 and r["stage"] == 0 and len(r["stage_weights"]) == 5 for r in rows)
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
     proc = run_cli("eval", str(out), "--episodes", "50", "--seed", "3", "--json", timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -284,7 +297,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     stopped_at = summary["iterations"]
     assert summary["stopped_by"] == "SIGTERM" and stopped_at >= 4
-    assert (out / "checkpoint").resolve().name == f"iter_{stopped_at:06d}"
+    assert (out / "checkpoint").resolve().name == f"iter_{stopped_at:06d}", rest[-3000:]
 
     resumed = run_cli("train", "--resume", str(out), "--max-iterations", str(stopped_at + 2), timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -294,3 +307,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
     assert after["iterations"] == stopped_at + 2 and after["env_steps"] > summary["env_steps"]
     assert after["stopped_by"] is None and after["config"]["hidden_size"] == 32  # the saved config
     assert after["config"]["max_iterations"] == stopped_at + 2  # the flag typed now
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(out / "metrics.parquet").to_pylist()
+    assert [r["iteration"] for r in rows] == list(range(1, stopped_at + 3))  # continued, not restarted

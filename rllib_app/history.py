@@ -1,0 +1,104 @@
+"""A run's training history: ``DIR/metrics.parquet`` and TensorBoard events.
+
+One row per training iteration (``METRICS_SCHEMA``). Parquet files cannot be
+appended to, so every iteration rewrites the whole (small: ~200 bytes a row) file
+through a temporary file and ``os.replace``: a crash mid-write leaves the previous
+file, never a torn one. A resumed run keeps the rows before its checkpoint's
+iteration and goes on from there.
+
+TensorBoard events go to ``DIR/tensorboard`` (tensorboardX, which Ray's own
+``TBXLoggerCallback`` uses too), every numeric column as a scalar against env
+steps: ``tensorboard --logdir runs``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from envs import MEMORY_STAGES, NUM_STAGES
+
+GREEDY_ROWS = tuple(r for s in range(NUM_STAGES) for r in ((str(s), f"{s}m") if s in MEMORY_STAGES else (str(s),)))
+LOSSES = ("policy_loss", "vf_loss", "entropy", "sil_policy_loss", "sil_replay_size")
+
+METRICS_SCHEMA = pa.schema(
+    [
+        ("iteration", pa.int64()),
+        ("wall_seconds", pa.float64()),
+        ("env_steps", pa.int64()),
+        ("steps_per_second", pa.float64()),
+        ("stage", pa.int64()),
+        ("stage_weights", pa.list_(pa.float64())),
+        *[(f"sampled_accuracy_{s}", pa.float64()) for s in range(NUM_STAGES)],
+        *[(f"greedy_accuracy_{r}", pa.float64()) for r in GREEDY_ROWS],
+        *[(name, pa.float64()) for name in LOSSES],
+    ]
+)
+
+
+def _number(value) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def metrics_row(
+    *, iteration: int, wall_seconds: float, env_steps: int, steps_per_second: float, curriculum: dict,
+    learner: dict, greedy: dict[str, float] | None,
+) -> dict[str, Any]:
+    """One row of ``METRICS_SCHEMA`` from what an iteration reported."""
+    row: dict[str, Any] = {
+        "iteration": iteration,
+        "wall_seconds": round(wall_seconds, 3),
+        "env_steps": env_steps,
+        "steps_per_second": round(steps_per_second, 1),
+        "stage": curriculum.get("stage"),
+        "stage_weights": [float(w) for w in curriculum.get("stage_weights", [])] or None,
+    }
+    for s in range(NUM_STAGES):
+        row[f"sampled_accuracy_{s}"] = _number(curriculum.get(f"stage_{s}_sampled_accuracy"))
+    for r in GREEDY_ROWS:
+        row[f"greedy_accuracy_{r}"] = _number((greedy or {}).get(r))
+    for name in LOSSES:
+        row[name] = _number(learner.get(name))
+    return row
+
+
+class MetricsHistory:
+    def __init__(self, output: pathlib.Path, *, resume_after: int | None = None):
+        self.path = output / "metrics.parquet"
+        self.rows: list[dict[str, Any]] = []
+        if resume_after is not None and self.path.is_file():
+            self.rows = [r for r in pq.read_table(self.path).to_pylist() if r["iteration"] <= resume_after]
+        self._tb = None
+        self._tb_dir = output / "tensorboard"
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        table = pa.Table.from_pylist(self.rows, schema=METRICS_SCHEMA)
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        pq.write_table(table, tmp)
+        os.replace(tmp, self.path)
+        self._tensorboard(row)
+
+    def _tensorboard(self, row: dict[str, Any]) -> None:
+        if self._tb is None:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(self._tb_dir), flush_secs=10)
+        step = row["env_steps"]
+        for name, value in row.items():
+            if name not in ("iteration", "env_steps") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                group = "accuracy" if "accuracy" in name else "loss" if name in LOSSES else "run"
+                self._tb.add_scalar(f"{group}/{name}", value, global_step=step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
