@@ -12,15 +12,18 @@ Design:
   fixed number of numpy operations over all N machines, whatever N is: the
   machine rules, the step limit, rewards (answer check, the seed variant's reward,
   potential-based shaping), the mask and the observation.
-* Randomness is the one thing not vectorized. Each sub-env keeps its own numpy
-  ``Generator``, seeded exactly as ``SyncVectorEnv`` seeds its envs (``seed + i``
-  through ``gymnasium.utils.seeding``), and a sub-env draws its task from it only
-  when it resets: ``ToolMachineEnv.reset`` draws from per-env PCG64 streams, and
-  matching them means replaying the same calls on the same generator. That is the
-  only Python loop over envs in the hot path (``_draw_tasks``), run for the envs
-  that reset this step (about one in six per step with short episodes).
-  Everything the draw decides (targets, the shaping path, the context in the
-  observation) is then computed for all resetting envs at once.
+* Randomness: each sub-env has its own PCG64 stream, seeded exactly as
+  ``SyncVectorEnv`` seeds its envs (``seed + i`` through ``gymnasium.utils.seeding``).
+  The streams live in arrays (``envs.batched_rng``), so the envs that reset in a
+  step draw their tasks together, number for number what each single env's
+  ``np.random.Generator`` calls (``choice`` of the stage, the hard-context coin,
+  ``integers``) would return. Everything the draw decides (targets, the shaping
+  path, the context in the observation) is then computed for all of them at once.
+* The Python loops over envs, all off the step path or rare: seeding at
+  ``reset(seed=...)`` (one ``Generator`` per env, its state copied in), and
+  ``_draw_with_generators``, which replays ``ToolMachineEnv.reset``'s exact calls on
+  a per-env ``Generator`` for resets with ``options`` and for the draws Lemire's
+  method rejects (probability 7e-9 per five-digit draw, at most 3e-6 for a hard context).
 * Configuration is parsed by a ``ToolMachineEnv`` built from the same config, so
   validation, defaults and stage-weight normalisation are the single env's own.
 
@@ -33,8 +36,8 @@ points.
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Mapping, Sequence
+from functools import cache
 from numbers import Integral
 from typing import Any
 
@@ -44,7 +47,8 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from envs.analysis import memory_required_contexts
+from envs.analysis import all_contexts, memory_required_contexts
+from envs.batched_rng import PCG64Streams, lemire, take_uint32, to_double
 from envs.machine import ADD, ANS, MEMORY_STAGES, MUL, RCL, STAGE_DIGITS, STO, SUB
 from envs.oracle import general_program
 from envs.tool_machine import CONTEXT_LEN, NUM_STAGES, PAD_TOKEN, START_ACTION, ToolMachineEnv
@@ -62,13 +66,10 @@ _PREV_ID = CONTEXT_LEN + 1
 _MASK_ID = CONTEXT_LEN + 2
 # The seed variant's memory slot: empty, "use_d", "ok".
 _SEED_MEM_NONE, _SEED_MEM_USE_D, _SEED_MEM_OK = 0, 1, 2
-# The general programs without their ANS: the machine states they pass through are
-# the shaping potential's path (``oracle.general_path``). Padded with -1, a token
-# that is no tool; padded steps get an impossible cursor so they never match.
+# The shaping potential's path (``oracle.general_path``): the machine states the
+# general program (without its ANS) passes through.
 _PATH_LEN = np.array([len(general_program(s)) - 1 for s in range(NUM_STAGES)], dtype=np.int64)
-_PATH_PROGRAMS = np.full((NUM_STAGES, int(_PATH_LEN.max())), -1, dtype=np.int64)
-for _s in range(NUM_STAGES):
-    _PATH_PROGRAMS[_s, : _PATH_LEN[_s]] = general_program(_s)[:-1]
+_PATH_WIDTH = int(_PATH_LEN.max())
 # Info keys at the end of an episode, in the single env's order, with their dtypes
 # (what ``VectorEnv._add_info`` makes of the single env's Python values).
 _END_KEYS = (("target", np.int64), ("answered", np.bool_), ("answer", np.int64), ("correct", np.bool_),
@@ -84,7 +85,7 @@ def _exact_apply(regs: tuple, tool: np.ndarray, digits: np.ndarray, num_digits: 
     reads = applies & ~armed
     # An empty accumulator acts as the tool's identity (1 for MUL, 0 for ADD/SUB).
     acc_value = np.where(acc_set, acc, tool == MUL)
-    digit = np.take_along_axis(digits, np.minimum(cursor, _NUM_DIGITS - 1)[:, None], axis=1)[:, 0]
+    digit = digits[np.arange(len(digits)), np.minimum(cursor, _NUM_DIGITS - 1)]
     left = np.where(armed, mem, acc_value)
     right = np.where(armed, acc_value, digit)
     value = np.where(tool == MUL, left * right, np.where(tool == ADD, left + right, left - right))
@@ -100,14 +101,48 @@ def _exact_apply(regs: tuple, tool: np.ndarray, digits: np.ndarray, num_digits: 
     )
 
 
+@cache
+def _path_tables():
+    """The shaping path of every context of every stage, from one run of the general
+    programs over all contexts (``analysis.all_contexts``, lexicographic, so the row
+    of context ``x0 x1 ...`` of stage s is ``offset[s] + sum(x_j * place[s, j])``).
+
+    Which tools apply never depends on the digits, so a stage's control registers
+    (acc/mem set, cursor, armed) are the same on every context: ``[stage, step]``
+    tables, with cursor -1 past the path's end (a state no machine is in). Only
+    ``acc``/``mem`` are per context: ``[row, step]`` tables (int16, 0 when empty).
+    """
+    control = [np.zeros((NUM_STAGES, _PATH_WIDTH), dtype=dt) for dt in (bool, bool, np.int64, bool)]
+    control[2][:] = -1
+    values = ([], [])
+    offset, place = np.zeros(NUM_STAGES, dtype=np.int64), np.zeros((NUM_STAGES, _NUM_DIGITS), dtype=np.int64)
+    for s in range(NUM_STAGES):
+        n = STAGE_DIGITS[s]
+        contexts = np.zeros((10**n, _NUM_DIGITS), dtype=np.int64)
+        contexts[:, :n] = all_contexts(n)
+        place[s, :n] = 10 ** np.arange(n - 1, -1, -1)
+        offset[s] = sum(10 ** STAGE_DIGITS[t] for t in range(s))
+        k = len(contexts)
+        regs = (np.zeros(k, np.int64), np.zeros(k, bool), np.zeros(k, np.int64), np.zeros(k, bool),
+                np.zeros(k, np.int64), np.zeros(k, bool))
+        acc, mem = np.zeros((k, _PATH_WIDTH), np.int16), np.zeros((k, _PATH_WIDTH), np.int16)
+        for t, tool in enumerate(general_program(s)[:-1]):
+            regs = _exact_apply(regs, np.full(k, tool), contexts, np.full(k, n))
+            for table, reg in zip(control, (regs[1], regs[3], regs[4], regs[5])):
+                assert (reg == reg[0]).all()  # control independent of the digits
+                table[s, t] = reg[0]
+            for table, reg, is_set in ((acc, regs[0], regs[1]), (mem, regs[2], regs[3])):
+                assert np.abs(reg).max() < 2**15
+                table[:, t] = np.where(is_set, reg, 0)
+        values[0].append(acc)
+        values[1].append(mem)
+    return offset, place, control, np.concatenate(values[0]), np.concatenate(values[1])
+
+
 def _stage_targets(stages: np.ndarray, digits: np.ndarray) -> np.ndarray:
     """``machine.stage_target`` for rows of different stages."""
     a, b, c, d, e = digits.T
-    return np.select(
-        [stages == 0, stages == 1, stages == 2, stages == 3],
-        [a * b + c, a * b + c - d, (a * b + c) - (d * e), a - b * c],
-        a * b - c * d,
-    )
+    return np.choose(stages, [a * b + c, a * b + c - d, (a * b + c) - (d * e), a - b * c, a * b - c * d])
 
 
 class ToolMachineVectorEnv(VectorEnv):
@@ -155,17 +190,24 @@ class ToolMachineVectorEnv(VectorEnv):
         self.render_mode = None
 
         self._set_weights(proto.stage_weights)
-        # Memory-required contexts, padded to five digits, with their true lengths.
+        # Memory-required contexts (as ``ToolMachineEnv`` has them), zero-padded to
+        # five digits; for the vectorized draw also stacked in one table.
         self._hard = {}
+        self._hard_stage = None
         if self.hard_fraction > 0:
             for s in MEMORY_STAGES:
                 table = memory_required_contexts(s)
                 padded = np.zeros((len(table), _NUM_DIGITS), dtype=np.int64)
                 padded[:, : table.shape[1]] = table
                 self._hard[s] = padded
+                assert 1 < len(table) < 2**32  # integers(len) draws through Lemire's 32-bit path
+            self._hard_stage = np.isin(np.arange(NUM_STAGES), MEMORY_STAGES)
+            self._hard_len = np.array([len(self._hard.get(s, ())) for s in range(NUM_STAGES)])
+            self._hard_offset = np.concatenate([[0], np.cumsum(self._hard_len)[:-1]])
+            self._hard_table = np.concatenate([self._hard[s] for s in MEMORY_STAGES])
 
-        # One generator per env, created as gymnasium's Env creates its own.
-        self._rngs: list[np.random.Generator | None] = [None] * n
+        # One PCG64 stream per env (what gymnasium's Env keeps as ``np_random``).
+        self._streams = PCG64Streams(n)
         self._rng_seeds: list[int | None] = [None] * n
         # The task of each env.
         self._stage = np.zeros(n, dtype=np.int64)
@@ -183,8 +225,9 @@ class ToolMachineVectorEnv(VectorEnv):
         self._steps = np.zeros(n, dtype=np.int64)
         self._prev_action = np.full(n, START_ACTION, dtype=np.int64)
         # Shaping: the general program's path per env and the current potential.
-        width = _PATH_PROGRAMS.shape[1]
-        self._path = tuple(np.zeros((n, width), dtype=dt) for dt in (np.int64, bool, np.int64, bool, np.int64, bool))
+        self._path = tuple(
+            np.zeros((n, _PATH_WIDTH), dtype=dt) for dt in (np.int64, bool, np.int64, bool, np.int64, bool)
+        )
         self._path_len = np.ones(n, dtype=np.int64)
         self._phi = np.zeros(n, dtype=np.float64)
         # The observation's context and stage columns change only at reset; the
@@ -192,6 +235,7 @@ class ToolMachineVectorEnv(VectorEnv):
         self._obs = np.ones((n, self.single_observation_space.shape[0]), dtype=np.int64)
         self._autoreset = np.zeros(n, dtype=bool)
         self._all = np.arange(n)
+        self._everyone = np.ones(n, dtype=bool)
         self._needs_reset = True
 
     # -- curriculum --------------------------------------------------------------
@@ -211,11 +255,11 @@ class ToolMachineVectorEnv(VectorEnv):
         return self._proto.stage_weights
 
     def _set_weights(self, weights: np.ndarray) -> None:
+        self._weights = weights
         # ``Generator.choice(n, p=p)`` is one ``random()`` looked up in this cdf
-        # (numpy's own computation); bisect_right is its ``searchsorted(side="right")``.
-        cdf = np.asarray(weights, dtype=np.float64).cumsum()
-        cdf /= cdf[-1]
-        self._cdf = cdf.tolist()
+        # (numpy's own computation) with ``searchsorted(side="right")``.
+        self._cdf = weights.cumsum()
+        self._cdf /= self._cdf[-1]
 
     @property
     def stages(self) -> np.ndarray:
@@ -224,20 +268,26 @@ class ToolMachineVectorEnv(VectorEnv):
 
     @property
     def np_random(self) -> tuple[np.random.Generator, ...]:
-        """Each env's generator (as ``SyncVectorEnv.np_random``)."""
-        return tuple(self._rng(i) for i in range(self.num_envs))
+        """Each env's generator, as ``SyncVectorEnv.np_random`` has them, but copies:
+        drawing from them does not move the envs' streams."""
+        return tuple(self._generator(i) for i in range(self.num_envs))
 
     @property
     def np_random_seed(self) -> tuple[int | None, ...]:
-        self.np_random  # noqa: B018 - creates missing generators, as Env.np_random_seed does
+        for i in range(self.num_envs):
+            self._seed(i, None)
         return tuple(self._rng_seeds)
 
-    def _rng(self, i: int) -> np.random.Generator:
-        rng = self._rngs[i]
-        if rng is None:  # as gymnasium.Env.np_random: fresh entropy on first use
-            rng, self._rng_seeds[i] = seeding.np_random()
-            self._rngs[i] = rng
-        return rng
+    def _seed(self, i: int, seed: int | None) -> None:
+        """``Env.reset(seed=seed)``'s seeding of env ``i``; with None, fresh entropy for
+        an env that has no stream yet (as ``Env.np_random`` on first use)."""
+        if seed is not None or not self._streams.seeded[i]:
+            generator, self._rng_seeds[i] = seeding.np_random(seed)
+            self._streams.store(i, generator)
+
+    def _generator(self, i: int) -> np.random.Generator:
+        self._seed(i, None)
+        return self._streams.generator(i)
 
     # -- gymnasium API -------------------------------------------------------------
     def reset(self, *, seed: int | Sequence[int | None] | None = None, options: dict | None = None):
@@ -261,14 +311,13 @@ class ToolMachineVectorEnv(VectorEnv):
             if self._needs_reset and not reset_mask.all():
                 raise RuntimeError("the first reset must reset every env")
             idx = np.flatnonzero(reset_mask)
-        for i in idx.tolist():
-            if seeds[i] is not None:
-                self._rngs[i], self._rng_seeds[i] = seeding.np_random(seeds[i])
+        for i in idx.tolist():  # seeding: one Generator per env (rare)
+            self._seed(i, seeds[i])
         self._reset_envs(idx, options)
         self._autoreset[idx] = False
         self._needs_reset = False
         if reset_mask is None:
-            infos = {"stage": self._stage.copy(), "_stage": np.ones(n, dtype=bool)}
+            infos = {"stage": self._stage.copy(), "_stage": self._everyone.copy()}
         else:
             infos = {"stage": np.where(reset_mask, self._stage, 0), "_stage": reset_mask.copy()}
         return self._observation(), infos
@@ -323,7 +372,7 @@ class ToolMachineVectorEnv(VectorEnv):
             done[idx] = False
         self._autoreset = done
 
-        infos: dict[str, Any] = {"stage": self._stage.copy(), "_stage": np.ones(n, dtype=bool)}
+        infos: dict[str, Any] = {"stage": self._stage.copy(), "_stage": self._everyone.copy()}
         if done.any():
             values = (
                 self._target,
@@ -369,12 +418,12 @@ class ToolMachineVectorEnv(VectorEnv):
         goal3 = d * e
         goal4 = goal1 - goal3
         hit0, hit1, hit2, hit3, hit4 = (ok & (last == g) for g in (goal0, goal1, goal2, goal3, goal4))
-        checked = np.select([stage == 0, stage == 1], [hit0, hit1], hit2)
-        shaped = np.select(
-            [stage == 0, stage == 1],
-            [0.25 * hit0 + 0.5 * hit1, 0.25 * hit0 + 0.5 * hit1 + 0.75 * hit2],
+        checked = np.choose(stage, [hit0, hit1, hit2])
+        shaped = np.choose(stage, [
+            0.25 * hit0 + 0.5 * hit1,
+            0.25 * hit0 + 0.5 * hit1 + 0.75 * hit2,
             0.2 * hit0 + 0.4 * hit1 + 0.6 * hit4 + 0.6 * hit3,
-        )
+        ])
         return 1.0 * checked + 0.2 * shaped
 
     def _progress(self, sel=slice(None)) -> np.ndarray:
@@ -396,31 +445,65 @@ class ToolMachineVectorEnv(VectorEnv):
 
     # -- resets ---------------------------------------------------------------------------
     def _draw_tasks(self, idx: np.ndarray, options: Mapping[str, Any]):
-        """Each env's ``ToolMachineEnv.reset`` draws, from its own generator.
+        """What ``ToolMachineEnv.reset`` draws for envs ``idx``: ``(stages, digits [k, 5],
+        number of digits drawn)``. Resets with ``options`` take the per-env path."""
+        if "stage" in options or "digits" in options:
+            return self._draw_with_generators(idx, options)
+        streams = self._streams
+        k = len(idx)
+        rows = np.arange(k)
+        out, state_hi, state_lo = streams.peek(idx)
+        # choice(NUM_STAGES, p=weights): one random() in the cdf.
+        stages = np.searchsorted(self._cdf, to_double(out[:, 0]), side="right")
+        used = np.ones(k, dtype=np.int64)
+        count = np.full(k, _NUM_DIGITS)
+        bound = np.full(k, 10)
+        hard = None
+        if self._hard_stage is not None:
+            # A memory stage tosses random() < hard_fraction; heads: integers(len(table)).
+            eligible = self._hard_stage[stages]
+            hard = eligible & (to_double(out[:, 1]) < self.hard_fraction)
+            used += eligible
+            count = np.where(hard, 1, count)
+            bound = np.where(hard, self._hard_len[stages], bound)
+        # Otherwise integers(0, 10, size=5). Both take 32-bit words from the buffer.
+        words, used32, has32, buf32 = take_uint32(
+            out, used, streams.has32[idx], streams.buf32[idx], count, _NUM_DIGITS
+        )
+        values, rejected = lemire(words, bound, count)
+        used += used32
+        ok = ~rejected
+        last = used - 1
+        streams.commit(idx[ok], state_hi[rows, last][ok], state_lo[rows, last][ok], has32[ok], buf32[ok])
+        digits = values
+        if hard is not None:
+            rows_hard = self._hard_table[self._hard_offset[stages] + values[:, 0]]
+            digits = np.where(hard[:, None], rows_hard, values)
+        lengths = np.full(k, _NUM_DIGITS)
+        if rejected.any():  # rare: redo these envs with numpy's own Generator calls
+            stages[rejected], digits[rejected], lengths[rejected] = self._draw_with_generators(idx[rejected], {})
+        return stages, digits, lengths
 
-        The one per-env Python loop: a draw from env i's PCG64 stream can only come
-        from env i's generator, and what is drawn next depends on what was drawn
-        (the stage decides whether a hard-context coin is tossed).
-        """
+    def _draw_with_generators(self, idx: np.ndarray, options: Mapping[str, Any]):
+        """``_draw_tasks`` through each env's own ``Generator`` and the single env's exact
+        calls, one env at a time (for resets with ``options`` and rejected draws)."""
         k = len(idx)
         stages = np.empty(k, dtype=np.int64)
         digits = np.zeros((k, _NUM_DIGITS), dtype=np.int64)
         lengths = np.full(k, _NUM_DIGITS, dtype=np.int64)
         stage = self._proto._check_stage(options["stage"]) if "stage" in options else None
         fixed = tuple(int(x) for x in options["digits"]) if "digits" in options else None
-        cdf, hard, hard_fraction, rngs = self._cdf, self._hard, self.hard_fraction, self._rngs
         for j, i in enumerate(idx.tolist()):
-            rng = rngs[i] or self._rng(i)
-            s = bisect_right(cdf, rng.random()) if stage is None else stage
+            rng = self._generator(i)
+            s = int(rng.choice(NUM_STAGES, p=self._weights)) if stage is None else stage
             stages[j] = s
-            if fixed is not None:
-                continue
-            if s in hard and rng.random() < hard_fraction:
-                table = hard[s]
-                digits[j] = table[rng.integers(len(table))]  # STAGE_DIGITS[s] digits, zero-padded
-            else:
-                # As the single env: five digits at every stage, one random stream.
-                digits[j] = rng.integers(0, 10, size=5)
+            if fixed is None:
+                if s in self._hard and rng.random() < self.hard_fraction:
+                    table = self._hard[s]
+                    digits[j] = table[rng.integers(len(table))]  # STAGE_DIGITS[s] digits, zero-padded
+                else:
+                    digits[j] = rng.integers(0, 10, size=5)
+            self._streams.store(i, rng)
         if fixed is not None:
             # The single env would fail only at the episode's end; refuse up front.
             if self._exact:
@@ -428,8 +511,8 @@ class ToolMachineVectorEnv(VectorEnv):
                 fixed = fixed[:_NUM_DIGITS]  # the exact variant keeps at most a stage's digits
             else:
                 needed = _NUM_DIGITS
-            if not needed <= len(fixed) <= _NUM_DIGITS:
-                raise ValueError(f"options['digits'] needs {needed} digits for this variant and stage, got {fixed}")
+            if not needed <= len(fixed) <= _NUM_DIGITS or not all(0 <= x <= 9 for x in fixed):
+                raise ValueError(f"options['digits'] must be {needed} to {_NUM_DIGITS} digits 0-9 here, got {fixed}")
             digits[:, : len(fixed)] = fixed
             lengths[:] = len(fixed)
         return stages, digits, lengths
@@ -454,18 +537,13 @@ class ToolMachineVectorEnv(VectorEnv):
         obs[idx, :CONTEXT_LEN] = np.where(np.arange(CONTEXT_LEN) < num_digits[:, None], digits, PAD_TOKEN)
         obs[idx, _STAGE_ID] = stages
         if self.shaping:
-            # The general program's states on each new context, all envs at once.
-            k = len(idx)
-            regs = (np.zeros(k, np.int64), np.zeros(k, bool), np.zeros(k, np.int64), np.zeros(k, bool),
-                    np.zeros(k, np.int64), np.zeros(k, bool))
-            programs = _PATH_PROGRAMS[stages]
-            for t in range(programs.shape[1]):
-                regs = _exact_apply(regs, programs[:, t], digits, num_digits)
-                for path, reg in zip(self._path, regs):
-                    path[idx, t] = reg
-            path_len = _PATH_LEN[stages]
-            self._path[4][idx] = np.where(np.arange(programs.shape[1]) < path_len[:, None], self._path[4][idx], -1)
-            self._path_len[idx] = path_len
+            # Each new context's path, looked up.
+            offset, place, (acc_set, mem_set, cursor, armed), acc, mem = _path_tables()
+            row = offset[stages] + (digits * place[stages]).sum(axis=1)
+            for path, table in zip(self._path, (acc[row], acc_set[stages], mem[row], mem_set[stages],
+                                                cursor[stages], armed[stages])):
+                path[idx] = table
+            self._path_len[idx] = _PATH_LEN[stages]
             self._phi[idx] = self._progress(idx)
 
     def _observation(self) -> np.ndarray:
@@ -477,7 +555,6 @@ class ToolMachineVectorEnv(VectorEnv):
             obs[:, _MASK_ID + STO] = self._acc_set
             obs[:, _MASK_ID + RCL] = self._mem_set
         return obs
-
 
 
 # -- creators and registration ------------------------------------------------------------

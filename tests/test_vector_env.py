@@ -3,6 +3,7 @@
 import gymnasium as gym
 import numpy as np
 import pytest
+from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from gymnasium.vector.utils import batch_space
 from gymnasium.wrappers.vector import DictInfoToList
@@ -14,13 +15,19 @@ from envs import (
     GYM_ENV_ID,
     MUL,
     NUM_ACTIONS,
+    NUM_STAGES,
+    STAGE_DIGITS,
     START_ACTION,
     SUB,
+    MachineState,
     ToolMachineEnv,
     ToolMachineVectorEnv,
+    batched_rng,
     general_program,
     make_tool_machine,
+    vector_tool_machine,
 )
+from envs.oracle import general_path
 
 PREV = CONTEXT_LEN + 1
 # Programs that hit the stated target of the seed variant's stages 0-1 (and its
@@ -93,6 +100,9 @@ def run_both(config, *, num_envs=8, seed=0, steps=150, weights=None, new_weights
         stats["correct"] += int(info.get("correct", np.zeros(1, bool)).sum())
         stats["shaped"] += int(((reward != 0) & (reward != 1)).sum())
         stats["stages"] |= set(obs[:, CONTEXT_LEN].tolist())
+    # Every env's random stream (PCG64 state and 32-bit buffer) stands where its twin's does.
+    assert [g.bit_generator.state for g in vec.np_random] == [g.bit_generator.state for g in sync.np_random]
+    assert vec.np_random_seed == sync.np_random_seed
     return stats
 
 
@@ -140,6 +150,71 @@ def test_matches_sync_vector_env_with_mixed_stages(config, weights, new_weights)
 def test_matches_sync_vector_env_for_any_num_envs(num_envs):
     run_both({"stage": 2, "shaping": 0.5, "action_mask": True, "hard_fraction": 0.8}, num_envs=num_envs, seed=3,
              steps=60 if num_envs > 8 else 200)
+
+
+def test_rejected_draws_are_redone_with_numpys_generator(monkeypatch):
+    """Lemire rejections are too rare to meet in a test: pretend half the rows were
+    rejected, so their draws go through the per-env Generator path."""
+    coin = np.random.default_rng(0)
+
+    def lemire_rejecting_half(words, bound, count):
+        values, rejected = batched_rng.lemire(words, bound, count)
+        return values, rejected | (coin.random(len(words)) < 0.5)
+
+    monkeypatch.setattr(vector_tool_machine, "lemire", lemire_rejecting_half)
+    run_both({"hard_fraction": 0.8, "shaping": 0.5}, seed=4, steps=80,
+             weights=[1, 1, 2, 1, 1], new_weights=[1, 0, 1, 0, 1])
+
+
+def test_streams_draw_what_numpy_generators_draw():
+    n = 64
+    streams = batched_rng.PCG64Streams(n)
+    generators = [seeding.np_random(100 + i)[0] for i in range(n)]
+    for i, g in enumerate(generators):
+        g.integers(0, 10, size=i % 2)  # half the streams start with a buffered word
+        streams.store(i, g)
+    rng = np.random.default_rng(1)
+    for bound, count in ((10, 5), (20_000, 1), (2**31 + 1, 3)):  # the last rejects half the words
+        for _ in range(5):
+            idx = np.sort(rng.choice(n, size=20, replace=False))
+            out, hi, lo = streams.peek(idx)
+            doubles = batched_rng.to_double(out[:, 0])
+            counts = np.full(len(idx), count)
+            words, used, has, buf = batched_rng.take_uint32(out, np.ones(len(idx), np.int64), streams.has32[idx],
+                                                           streams.buf32[idx], counts, 5)
+            values, rejected = batched_rng.lemire(words, np.full(len(idx), bound), counts)
+            rows = np.arange(len(idx))
+            streams.commit(idx, hi[rows, used], lo[rows, used], has, buf)
+            for j, i in enumerate(idx):
+                g = generators[i]
+                assert g.random() == doubles[j]
+                expected = g.integers(0, bound, size=count)
+                if rejected[j]:
+                    streams.store(i, g)  # what callers do: numpy redoes the draw
+                else:
+                    assert expected.tolist() == values[j, :count].tolist()
+                assert streams.generator(i).bit_generator.state == g.bit_generator.state
+        if bound > 2**31:
+            assert 0 < rejected.sum() < len(idx)
+
+
+def test_shaping_paths_are_the_oracles():
+    offset, place, (acc_set, mem_set, cursor, armed), acc, mem = vector_tool_machine._path_tables()
+    rng = np.random.default_rng(0)
+    for stage in range(NUM_STAGES):
+        for _ in range(100):
+            digits = np.zeros(5, np.int64)
+            digits[: STAGE_DIGITS[stage]] = rng.integers(0, 10, size=STAGE_DIGITS[stage])
+            row = offset[stage] + digits @ place[stage]
+            path = general_path(stage, tuple(digits[: STAGE_DIGITS[stage]].tolist()))
+            got = [
+                MachineState(int(acc[row, t]) if acc_set[stage, t] else None,
+                             int(mem[row, t]) if mem_set[stage, t] else None, int(cursor[stage, t]),
+                             bool(armed[stage, t]))
+                for t in range(len(path))
+            ]
+            assert tuple(got) == path
+            assert (cursor[stage, len(path):] == -1).all()
 
 
 def test_reseeding_and_reset_options_match():
@@ -227,6 +302,10 @@ def test_config_is_the_single_envs_plus_num_envs():
         ToolMachineVectorEnv({}, num_envs=0)
     with pytest.raises(RuntimeError, match="reset"):
         ToolMachineVectorEnv({}, num_envs=2).step([0, 0])
+    with pytest.raises(ValueError, match="digits"):
+        ToolMachineVectorEnv({"stage": 2}, num_envs=2).reset(options={"digits": (1, 2, 3)})
+    with pytest.raises(ValueError, match="digits"):
+        ToolMachineVectorEnv({}, num_envs=2).reset(options={"digits": (1, 2, 12)})
 
 
 def test_rllib_creator_and_gymnasium_registration():
