@@ -17,7 +17,7 @@ from ray.rllib.algorithms.ppo import PPO, PPOConfig
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.tune.registry import register_env
 
-from envs import ToolMachineEnv, observation_layout
+from envs import ToolMachineEnv, make_tool_machine, observation_layout
 from models import ToolAgentGRUModule
 from rllib_app.a2c import A2C, A2CConfig
 from rllib_app.config import TrainConfig
@@ -37,7 +37,9 @@ CURRICULUM_STATE_KEY = "toolagent_curriculum"
 
 
 def register_tool_machine() -> None:
-    register_env(ENV_NAME, lambda cfg: ToolMachineEnv(cfg))
+    # make_tool_machine: a single env, or with "num_envs" in the config (RLlib's
+    # vector_entry_point mode) the numpy ToolMachineVectorEnv.
+    register_env(ENV_NAME, make_tool_machine)
 
 
 def module_spec(cfg: TrainConfig) -> RLModuleSpec:
@@ -130,6 +132,7 @@ def build_config(cfg: TrainConfig):
             num_cpus_per_env_runner=cfg.num_cpus_per_env_runner,
             custom_resources_per_env_runner={cfg.env_runner_resource: 1} if cfg.env_runner_resource else {},
             rollout_fragment_length=fragment,
+            **({"gym_env_vectorize_mode": "vector_entry_point"} if cfg.native_vector_env else {}),
             # ~385 MB for a weight server we do not need on one machine.
             use_env_runner_state_server=False,
         )

@@ -69,6 +69,10 @@ class TrainConfig:
     num_env_runners: int = flag(1, "env runner processes sampling in parallel (0: sample on the driver)", minimum=0)
     num_envs_per_env_runner: int = flag(32, "tool machines stepped by each env runner", minimum=1)
     num_cpus_per_env_runner: int = flag(1, "CPUs Ray reserves for each env runner", minimum=1)
+    native_vector_env: bool = flag(
+        False, "step each runner's tool machines as one numpy vector env (ToolMachineVectorEnv) instead of "
+        "gymnasium's loop over single envs; same episodes for the same seeds"
+    )
     num_learners: int = flag(0, "learner processes (0: learn on the driver; >1: DDP)", minimum=0)
     num_gpus_per_learner: float = flag(
         0.0, "GPUs per learner (0: CPU); with --num-learners 0, a GPU for the learner on the driver", minimum=0

@@ -73,23 +73,26 @@ def _build(cfg):
 
 
 def _env_weights(algo, local=True):
+    from rllib_app.curriculum import _tool_machines
 
     return algo.env_runner_group.foreach_env_runner(
-        lambda er: [list(e.unwrapped.stage_weights) for e in er.env.unwrapped.envs] if er.env else None,
+        lambda er: [list(m.stage_weights) for m in _tool_machines(er.env)] if er.env else None,
         local_env_runner=local,
     )
 
 
-def test_curriculum_reaches_every_env_of_every_runner(local_ray):
+@pytest.mark.parametrize("native_vector_env", [False, True])
+def test_curriculum_reaches_every_env_of_every_runner(local_ray, native_vector_env):
     from rllib_app.config import TrainConfig
     from rllib_app.curriculum import find_curriculum_callback
 
     cfg = TrainConfig(num_env_runners=2, schedule="fixed", fixed_stages="0,2",
-                      iterations_per_stage_entry=1, **SMALL)
+                      iterations_per_stage_entry=1, native_vector_env=native_vector_env, **SMALL)
     algo = _build(cfg)
     try:
         per_runner = [w for w in _env_weights(algo) if w is not None]
-        assert len(per_runner) == 2 and all(len(w) == 4 for w in per_runner)
+        # gymnasium's loop: 4 single envs per runner; native: one vector env of 4 machines
+        assert len(per_runner) == 2 and all(len(w) == (1 if native_vector_env else 4) for w in per_runner)
         assert all(np.allclose(env, [1, 0, 0, 0, 0]) for w in per_runner for env in w)
         result = algo.train()
         assert result["curriculum"]["stage"] == 2
