@@ -2,7 +2,11 @@
 
     toolagent train [flags]            train until every stage is solved or time runs out
     toolagent eval CHECKPOINT          greedy accuracy and mean return per stage
+                                       (--episodes-out FILE.parquet: every episode as a row)
     toolagent explain CHECKPOINT       a few trajectories as readable rows
+    toolagent explain --episodes FILE  ... read from an --episodes-out file instead
+    toolagent plot DIR                 learning curves and action-token mix, DIR/curves.png
+    toolagent report DIR               a one-page Markdown summary of a run, DIR/report.md
     toolagent ablate [flags]           the default recipe with each lever removed, over seeds
     toolagent tune [flags]             Ray Tune over curriculum schedules, best trial first
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import pathlib
 import signal
 import sys
@@ -57,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="toolagent", description="Train a recurrent agent to use tools, with Ray RLlib."
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,explain,ablate,tune}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{train,eval,explain,plot,report,ablate,tune}"
+    )
 
     train = sub.add_parser("train", help="train with RLlib until every stage is solved",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -75,13 +82,30 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated stages; 3 and 4 are the memory drills (default: 0,1,2)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the evaluation episodes (default: 0)")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ev.add_argument("--episodes-out", metavar="FILE.parquet", default=None,
+                    help="also write every evaluated episode as a row of a Parquet file (schema: "
+                    "rllib_app/evaluate.py)")
 
-    ex = sub.add_parser("explain", help="show sampled trajectories as readable rows")
-    ex.add_argument("checkpoint", help="a checkpoint directory, or a 'toolagent train' output directory")
-    ex.add_argument("--stage", type=_stage, default=2, help="stage to show (default: 2)")
-    ex.add_argument("-n", type=_positive, default=5, help="number of episodes (default: 5)")
+    ex = sub.add_parser("explain", help="show trajectories as readable rows, fresh from a checkpoint or from a file")
+    ex.add_argument("checkpoint", nargs="?", default=None,
+                    help="a checkpoint directory, or a 'toolagent train' output directory")
+    ex.add_argument("--episodes", metavar="FILE.parquet", default=None,
+                    help="read the trajectories from a 'toolagent eval --episodes-out' file instead")
+    ex.add_argument("--stage", type=_stage, default=None,
+                    help="stage to show (default: 2 from a checkpoint, every stage in --episodes)")
+    ex.add_argument("-n", type=_positive, default=5, help="episodes to show (per eval row with --episodes; default: 5)")
     ex.add_argument("--seed", type=int, default=0, help="seed of the episodes (default: 0)")
     ex.add_argument("--sample", action="store_true", help="sample actions instead of taking the greedy one")
+
+    pl = sub.add_parser("plot", help="learning curves and the action-token mix of a run, as a PNG")
+    pl.add_argument("run_dir", metavar="DIR", help="a 'toolagent train' output directory")
+    pl.add_argument("--out", metavar="FILE.png", default=None, help="where to write the PNG (default: DIR/curves.png)")
+    pl.add_argument("--action-episodes", type=_positive, default=200,
+                    help="greedy episodes per trained stage for the action-token mix (default: 200)")
+
+    rp = sub.add_parser("report", help="a one-page Markdown summary of a run: DIR/report.md")
+    rp.add_argument("run_dir", metavar="DIR", help="a 'toolagent train' output directory")
+    rp.add_argument("-n", type=_positive, default=3, help="greedy trajectories shown per eval row (default: 3)")
 
     ab = sub.add_parser(
         "ablate", help="train the default recipe and the recipe with each lever removed, over seeds",
@@ -129,12 +153,39 @@ def _cmd_train(args, argv: list[str]) -> int:
     return 128 + signal.Signals[summary["stopped_by"]].value if summary["stopped_by"] else 0
 
 
+def writable_file(path: str, flag: str, suffix: str) -> pathlib.Path:
+    """``path`` as a file we can create or replace, checked before any work is done."""
+    p = pathlib.Path(path)
+    if p.suffix.lower() != suffix:
+        raise UsageError(f"{flag} {path!r} must name a {suffix} file")
+    parent = p.parent
+    if not parent.exists():
+        raise UsageError(f"{flag} {path!r}: directory {str(parent)!r} does not exist")
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {path!r}: {str(parent)!r} is not a directory")
+    if p.is_dir() or not os.access(parent, os.W_OK):
+        raise UsageError(f"{flag} {path!r} is not writable")
+    return p
+
+
 def _cmd_eval(args) -> int:
     resolve_checkpoint(args.checkpoint)
-    from rllib_app.evaluate import greedy_accuracy, load_module
+    episodes_out = writable_file(args.episodes_out, "--episodes-out", ".parquet") if args.episodes_out else None
+    from rllib_app.evaluate import accuracy_report, evaluate_rows, load_module, write_episodes
 
     module, info = load_module(args.checkpoint)
-    report = greedy_accuracy(module, args.stages, args.episodes, env_config=info.get("env_config"), seed=args.seed)
+    env_config = info.get("env_config")
+    rows = evaluate_rows(module, args.stages, args.episodes, env_config=env_config, seed=args.seed)
+    report = accuracy_report(rows)
+    if episodes_out is not None:
+        meta = {"checkpoint": str(resolve_checkpoint(args.checkpoint)[0]), "episodes_per_row": args.episodes,
+                "seed": args.seed, "env_config": env_config or {}}
+        try:
+            written = write_episodes(episodes_out, rows, metadata=meta)
+        except OSError as err:
+            raise UsageError(f"--episodes-out {args.episodes_out!r}: cannot write it ({err.strerror or err})") from None
+        # stderr: with --json, stdout stays one JSON document
+        print(f"wrote {written} episodes to {episodes_out}", file=sys.stderr)
     if args.json:
         print(json.dumps({"stages": report}))
     else:
@@ -147,18 +198,64 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_explain(args) -> int:
+    if args.episodes is not None:
+        return _explain_file(args)
+    if args.checkpoint is None:
+        raise UsageError("give a CHECKPOINT to sample fresh episodes from, or --episodes FILE.parquet")
     resolve_checkpoint(args.checkpoint)
-    from rllib_app.evaluate import load_module, rollout
+    from rllib_app.evaluate import format_table, load_module, rollout
 
+    stage = 2 if args.stage is None else args.stage
     module, info = load_module(args.checkpoint)
-    episodes = rollout(module, args.stage, args.n, env_config=info.get("env_config"), seed=args.seed, greedy=not args.sample)
-    rows = [e.row() for e in episodes]
-    headers = ["context", "target", "tools", "answer", "correct"]
-    widths = {h: max(len(h), *(len(str(r[h])) for r in rows)) for h in headers}
-    print(f"stage {args.stage}, {'sampled' if args.sample else 'greedy'} actions")
-    print("  ".join(h.ljust(widths[h]) for h in headers))
-    for r in rows:
-        print("  ".join(str(r[h]).ljust(widths[h]) for h in headers))
+    episodes = rollout(module, stage, args.n, env_config=info.get("env_config"), seed=args.seed, greedy=not args.sample)
+    print(f"stage {stage}, {'sampled' if args.sample else 'greedy'} actions")
+    print(format_table([e.record() for e in episodes]))
+    return 0
+
+
+def _explain_file(args) -> int:
+    """``explain --episodes FILE``: the first ``-n`` episodes of each eval row in the file."""
+    if args.checkpoint is not None:
+        raise UsageError(f"give a CHECKPOINT ({args.checkpoint!r}) or --episodes, not both")
+    if args.sample:
+        raise UsageError("--sample applies to fresh episodes from a checkpoint, not to --episodes")
+    from rllib_app.evaluate import format_table, read_episodes
+
+    records, meta = read_episodes(args.episodes)
+    if args.stage is not None:
+        records = [r for r in records if r["stage"] == args.stage]
+        if not records:
+            raise UsageError(f"--episodes {args.episodes!r} has no episode of stage {args.stage}")
+    by_row: dict[str, list[dict]] = {}
+    for r in records:
+        by_row.setdefault(r["row"], []).append(r)
+    source = f" (greedy, from {meta['checkpoint']})" if meta.get("checkpoint") else ""
+    print(f"{args.episodes}: {len(records)} episodes{source}")
+    for row, rows in by_row.items():
+        what = "memory-required contexts" if row.endswith("m") else "uniform contexts"
+        correct = sum(r["correct"] for r in rows)
+        print(f"\nrow {row}: stage {rows[0]['stage']}, {what}, {correct}/{len(rows)} correct"
+              + (f", the first {args.n}" if len(rows) > args.n else ""))
+        print(format_table(rows[: args.n]))
+    return 0
+
+
+def _cmd_plot(args) -> int:
+    from rllib_app.plot import load_run, plot_run
+
+    run = load_run(args.run_dir)
+    out = writable_file(args.out, "--out", ".png") if args.out else None
+    path = plot_run(run, out, action_episodes=args.action_episodes)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from rllib_app.plot import load_run
+    from rllib_app.report import write_report
+
+    path = write_report(load_run(args.run_dir), trajectories_per_row=args.n)
+    print(f"wrote {path}")
     return 0
 
 
@@ -169,7 +266,7 @@ def _cmd_ablate(args, train_args: list[str]) -> int:
     return 0 if all(r["summary"] for r in records) else 1
 
 
-COMMANDS = {"eval": _cmd_eval, "explain": _cmd_explain}
+COMMANDS = {"eval": _cmd_eval, "explain": _cmd_explain, "plot": _cmd_plot, "report": _cmd_report}
 #: Commands that pass the flags they do not know on to 'toolagent train'.
 PASSTHROUGH = {"ablate": _cmd_ablate, "tune": sweep.main}
 
