@@ -36,6 +36,7 @@ from rllib_app.config import TrainConfig, UsageError
 from rllib_app.curriculum import find_curriculum_callback, finite_metric
 from rllib_app.evaluate import greedy_accuracy
 from rllib_app.history import MetricsHistory, metrics_row
+from rllib_app.progress import ProgressDisplay
 
 
 def missing_resources(cfg: TrainConfig, available: dict[str, float]) -> list[str]:
@@ -207,6 +208,8 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
     # after a restore, RLlib's own lifetime counter continues from the checkpoint
     last_steps = int(algo.metrics.peek(("env_runners", "num_env_steps_sampled_lifetime"), default=0))
     last_time = time.time()
+    display = ProgressDisplay()
+    shown_promotions = len(curriculum.promotions)
     with StopSignals() as stop:
         try:
             while True:
@@ -219,13 +222,16 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
                 last_steps, last_time = env_steps, now
                 cur = result.get("curriculum", {})
                 replay = finite_metric(result.get("learners", {}).get(MODULE_ID, {}).get("sil_replay_size"))
-                print(
+                left = max(0.0, cfg.max_minutes - (now - start) / 60)
+                display.iteration(
                     f"iter {iteration:4d} | stage {cur.get('stage', curriculum.stage)} | sampled acc "
                     f"{_format_accuracy({str(s): cur.get(f'stage_{s}_sampled_accuracy') for s in stages})} | env steps {env_steps:,} | "
-                    f"{rate:,.0f} steps/s | {now - start:6.1f} s"
-                    + ("" if replay is None else f" | SIL replay {int(replay):,}"),
-                    flush=True,
+                    f"{rate:,.0f} steps/s | {now - start:6.1f} s | {left:.1f} min left"
+                    + ("" if replay is None else f" | SIL replay {int(replay):,}")
                 )
+                if len(curriculum.promotions) > shown_promotions and cfg.schedule != "progress":
+                    display.event(f"stage {curriculum.stage} from iteration {iteration} ({env_steps:,} env steps)")
+                shown_promotions = len(curriculum.promotions)
                 metrics = iteration_metrics(cfg, result, env_steps, now - start)
                 out_of_time = (now - start) / 60 >= cfg.max_minutes
                 out_of_iters = cfg.max_iterations and iteration >= cfg.max_iterations
@@ -238,10 +244,9 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
                         eval_module, stages, episodes=cfg.eval_episodes, env_config=cfg.eval_env_config(), seed=cfg.seed
                     )
                     target_reached = all(v["accuracy"] >= cfg.target_accuracy for v in accuracy.values())
-                    print(
+                    display.event(
                         f"eval @ iter {iteration}: greedy accuracy "
-                        f"{_format_accuracy({k: v['accuracy'] for k, v in accuracy.items()})}",
-                        flush=True,
+                        f"{_format_accuracy({k: v['accuracy'] for k, v in accuracy.items()})}"
                     )
                 new_checkpoint = None
                 if evaluate or stopping:
@@ -264,6 +269,7 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
                 if target_reached or out_of_time or out_of_iters or stopping:
                     break
         finally:
+            display.close()
             history.close()
             algo.stop()
             if started_ray:
