@@ -119,10 +119,40 @@ def _algorithm_config(cfg: TrainConfig):
     raise ValueError(f"unknown algorithm {cfg.algo!r}")  # validate() refuses it first
 
 
+def _fault_tolerance(config, cfg: TrainConfig):
+    """What happens when an env runner process dies (killed, out of memory, a lost node).
+
+    Ray restarts the actor as a fresh copy (same worker index, the driver's original
+    env_config) and RLlib brings it back into service at the top of the next training
+    step; ``CurriculumCallback.on_env_runners_recreated`` then re-applies the stage
+    weights and counts the restart (``result["curriculum"]["env_runner_restarts"]``;
+    RLlib's own count is ``result["fault_tolerance"]["num_remote_worker_restarts"]``).
+    """
+    config = config.fault_tolerance(
+        # RLlib 2.60's defaults, set explicitly because the run depends on them: restart
+        # a dead runner (False would end the run at the first failure, since
+        # ignore_env_runner_failures is False too) ...
+        restart_failed_env_runners=True,
+        # ... up to this many times per runner (Ray's max_restarts for the actor).
+        max_num_env_runner_restarts=1000,
+    )
+    if cfg.algo in ("impala", "appo") and cfg.num_env_runners == 1:
+        # IMPALA/APPO sample on the driver's local env runner while no remote runner is
+        # healthy; without an env there it raises ("doesn't have an env! Can't call
+        # sample()") and the run dies while Ray is still restarting its only runner.
+        # With one, the driver samples (with the learner's weights once the first
+        # fallback update has synced them) until the runner is back. A2C/PPO wait for
+        # the restart instead and need nothing. With several runners only all of them
+        # dying at once hits this; that case is not covered.
+        config = config.env_runners(create_env_on_local_worker=True)
+    return config
+
+
 def build_config(cfg: TrainConfig):
     """The RLlib ``AlgorithmConfig`` for ``cfg`` (not yet built)."""
     register_tool_machine()
     config, learner_class, fragment = _algorithm_config(cfg)
+    config = _fault_tolerance(config, cfg)
     return (
         config.environment(ENV_NAME, env_config=cfg.env_config())
         .framework("torch")

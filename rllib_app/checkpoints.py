@@ -4,8 +4,15 @@ A ``toolagent train`` output directory looks like::
 
     OUTPUT/
       checkpoint -> checkpoints/iter_000040   (symlink to the latest complete one)
-      checkpoints/iter_000035/ iter_000040/    (RLlib algorithm checkpoints + toolagent.json)
+      checkpoints/iter_000035/ iter_000040/    (RLlib algorithm checkpoints + toolagent.json;
+                                               the last --keep-checkpoints of them)
       summary.json
+
+A save is written to ``checkpoints/.tmp-iter_N``, renamed to ``iter_N`` when complete,
+and only then does the ``checkpoint`` symlink move (``os.replace``, atomic). A process
+killed mid-save leaves the previous checkpoint in place and a ``.tmp-*`` directory that
+nothing treats as a checkpoint (``resolve_checkpoint`` refuses it) and that the next
+save deletes.
 
 No Ray imports here: the CLI resolves paths before it loads anything heavy.
 """
@@ -17,13 +24,22 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 from typing import Any
 
 #: Where, inside an algorithm checkpoint, RLlib keeps the module.
 MODULE_SUBDIR = pathlib.Path("learner_group", "learner", "rl_module", "default_policy")
 #: Our sidecar with the env settings a checkpoint was trained with.
 RUN_INFO_FILE = "toolagent.json"
+#: Default of ``--keep-checkpoints``: complete checkpoints kept under ``checkpoints/``.
 KEEP_CHECKPOINTS = 2
+#: Prefix of a checkpoint still being written (``checkpoints/.tmp-iter_N``).
+TMP_PREFIX = ".tmp-"
+#: Test hook (tests/test_faults.py), inert unless set: ``TOOLAGENT_TEST_KILL_IN_SAVE=N``
+#: makes the process SIGKILL itself in its N-th ``save_checkpoint``, after the temporary
+#: directory is written and before it is renamed: a crash at the worst moment, on cue.
+KILL_IN_SAVE_ENV = "TOOLAGENT_TEST_KILL_IN_SAVE"
+_saves_started = 0
 
 
 class CheckpointError(ValueError):
@@ -41,15 +57,30 @@ def write_json_atomic(path: pathlib.Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
-def save_checkpoint(algo, train_config, output: pathlib.Path, iteration: int, progress: dict | None = None) -> pathlib.Path:
+def _iteration_of(checkpoint: pathlib.Path) -> int | None:
+    """N for ``iter_N``, None for anything else."""
+    digits = checkpoint.name.removeprefix("iter_")
+    return int(digits) if checkpoint.name.startswith("iter_") and digits.isdigit() else None
+
+
+def save_checkpoint(
+    algo, train_config, output: pathlib.Path, iteration: int, progress: dict | None = None,
+    keep: int = KEEP_CHECKPOINTS,
+) -> pathlib.Path:
     """Save to ``checkpoints/iter_N`` via a temporary directory, then point the
     ``checkpoint`` symlink at it: a crash mid-save never leaves a half-written
-    checkpoint that looks valid."""
+    checkpoint that looks valid. Keeps the ``keep`` latest checkpoints up to this one."""
+    global _saves_started
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    _saves_started += 1
     store = output / "checkpoints"
     store.mkdir(parents=True, exist_ok=True)
+    # what an earlier save left when its process was killed mid-write
+    for stale in store.glob(f"{TMP_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
     final = store / f"iter_{iteration:06d}"
-    tmp = store / f".tmp-iter_{iteration:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = store / f"{TMP_PREFIX}iter_{iteration:06d}"
     algo.save_to_path(str(tmp.resolve()))
     write_json_atomic(
         tmp / RUN_INFO_FILE,
@@ -60,6 +91,8 @@ def save_checkpoint(algo, train_config, output: pathlib.Path, iteration: int, pr
             "progress": {"iteration": iteration, **(progress or {})},
         },
     )
+    if os.environ.get(KILL_IN_SAVE_ENV) == str(_saves_started):
+        os.kill(os.getpid(), signal.SIGKILL)  # the test hook above
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     link, tmp_link = output / "checkpoint", output / ".checkpoint.tmp"
@@ -67,7 +100,11 @@ def save_checkpoint(algo, train_config, output: pathlib.Path, iteration: int, pr
         tmp_link.unlink()
     tmp_link.symlink_to(final.relative_to(output))
     os.replace(tmp_link, link)
-    for old in sorted(store.glob("iter_*"))[:-KEEP_CHECKPOINTS]:
+    # Keep this one and the keep-1 latest before it (by iteration, so never the one the
+    # symlink now points at). Later iterations than this one, left when a run is resumed
+    # from an earlier checkpoint, stay until this run overwrites them.
+    earlier = sorted((n, p) for p in store.glob("iter_*") if (n := _iteration_of(p)) is not None and n < iteration)
+    for _, old in earlier[: max(0, len(earlier) - (keep - 1))]:
         shutil.rmtree(old, ignore_errors=True)
     return final.resolve()
 
@@ -78,6 +115,11 @@ def resolve_checkpoint(path: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.
     p = pathlib.Path(path)
     if not p.exists():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    if p.resolve().name.startswith(TMP_PREFIX):
+        raise CheckpointError(
+            f"{str(path)!r} is an unfinished checkpoint (its save was interrupted); pass the run directory "
+            "or its 'checkpoint' link, which point at the latest complete one"
+        )
     for root in (p, p / "checkpoint"):
         if (root / MODULE_SUBDIR / "class_and_ctor_args.pkl").is_file():
             # absolute: RLlib hands the path to pyarrow, which wants a URI or an absolute path
@@ -90,5 +132,14 @@ def resolve_checkpoint(path: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.
 
 
 def read_run_info(checkpoint_dir: pathlib.Path) -> dict[str, Any]:
+    """The checkpoint's ``toolagent.json`` ({} if it has none); ``CheckpointError`` if damaged."""
     info_file = checkpoint_dir / RUN_INFO_FILE
-    return json.loads(info_file.read_text()) if info_file.is_file() else {}
+    if not info_file.is_file():
+        return {}
+    try:
+        info = json.loads(info_file.read_text())
+    except (ValueError, OSError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CheckpointError(f"{str(info_file)!r} is damaged, not the JSON 'toolagent train' wrote ({err})") from None
+    if not isinstance(info, dict) or not all(isinstance(info.get(k, {}), dict) for k in ("env_config", "train_config", "progress")):
+        raise CheckpointError(f"{str(info_file)!r} is damaged: not the JSON object 'toolagent train' wrote")
+    return info

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import os
+import pathlib
 from dataclasses import dataclass, field
 from typing import Any, Optional, get_type_hints
 
@@ -140,6 +143,9 @@ class TrainConfig:
     max_iterations: int = flag(0, "iteration budget (0: none)", minimum=0)
     eval_interval: int = flag(5, "iterations between greedy evaluations (and checkpoints)", minimum=1)
     eval_episodes: int = flag(1000, "fresh episodes per stage in each greedy evaluation", minimum=1)
+    keep_checkpoints: int = flag(
+        2, "complete checkpoints kept in OUTPUT/checkpoints (the oldest are deleted after each save)", minimum=1
+    )
     seed: int = flag(0, "seed for env runners, the module and evaluation", minimum=0)
     output: str = flag("runs/train", "directory for checkpoints and summary.json")
 
@@ -154,6 +160,9 @@ class TrainConfig:
                 continue
             if hints[f.name] in (int, Optional[int]) and (isinstance(value, bool) or not isinstance(value, int)):
                 raise UsageError(f"{name} must be an integer, got {value!r}")
+            # nan passes every comparison below, inf every maximum-less one
+            if hints[f.name] in (float, Optional[float]) and isinstance(value, (int, float)) and not math.isfinite(value):
+                raise UsageError(f"{name} must be a finite number, got {value}")
             if meta.get("choices") and value not in meta["choices"]:
                 raise UsageError(f"{name} {value!r} is not one of {', '.join(meta['choices'])}")
             lo, hi = meta.get("minimum"), meta.get("maximum")
@@ -164,6 +173,7 @@ class TrainConfig:
                 raise UsageError(f"{name} must be <= {hi}, got {value}")
         self.fixed_stage_list()
         self.stage_path_list()
+        self._check_output()
         if self.learner_resource and self.num_learners == 0:
             raise UsageError(
                 f"--learner-resource {self.learner_resource!r} places remote learners, but --num-learners is 0 "
@@ -185,6 +195,18 @@ class TrainConfig:
             if self.shaping:
                 raise UsageError("--shaping applies to the exact variant only; the seed variant has its own rewards")
         return self
+
+    def _check_output(self) -> None:
+        """--output must be a directory that exists or can be made: found out now, not
+        after Ray has started and the algorithm is built."""
+        out = pathlib.Path(self.output)
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--output {self.output!r} is a file; it must name a directory")
+        existing = out
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise UsageError(f"--output {self.output!r} cannot be written: {str(existing)!r} is not a writable directory")
 
     def fixed_stage_list(self) -> tuple[int, ...]:
         return _stage_list("--fixed-stages", self.fixed_stages, example="0,0,1,2")

@@ -3,7 +3,7 @@
 Env runners count episodes and correct answers per stage; the driver updates the
 ``Curriculum`` (``rllib_app.schedules``) in ``on_train_result`` and pushes the
 stage weights to every env of every env runner, including the local one and
-runners Ray recreates after a crash.
+runners Ray recreates after a crash (counted: ``result["curriculum"]["env_runner_restarts"]``).
 """
 
 from __future__ import annotations
@@ -68,6 +68,8 @@ class CurriculumCallback(RLlibCallback):
     def __init__(self, settings: CurriculumSettings | None = None):
         super().__init__()
         self.curriculum = Curriculum(settings or CurriculumSettings())
+        #: training env runners Ray recreated since this process built the algorithm
+        self.env_runner_restarts = 0
 
     # -- env runner side ---------------------------------------------------------------
     def on_episode_end(self, *, episode, metrics_logger=None, **kwargs) -> None:
@@ -100,10 +102,13 @@ class CurriculumCallback(RLlibCallback):
                 f"stage_{s}_sampled_accuracy": cur.windowed_accuracy(s)[0]
                 for s in range(NUM_STAGES)
             },
+            "env_runner_restarts": self.env_runner_restarts,
         }
 
     def on_env_runners_recreated(self, *, algorithm, env_runner_group, env_runner_indices, is_evaluation, **kwargs) -> None:
         # Recreated runners come back with the driver's original env_config.
+        if not is_evaluation:
+            self.env_runner_restarts += len(env_runner_indices)
         weights = self.curriculum.stage_weights()
         env_runner_group.foreach_env_runner(
             lambda er: apply_stage_weights(er, weights),
