@@ -9,6 +9,7 @@
     toolagent report DIR               a one-page Markdown summary of a run, DIR/report.md
     toolagent ablate [flags]           the default recipe with each lever removed, over seeds
     toolagent tune [flags]             Ray Tune over curriculum schedules, best trial first
+    toolagent bench [--quick]          env steps/s and time to each milestone: RLlib vs the baseline
 
 ``python -m rllib_app ...`` is the same program. Usage errors print one line
 and exit with code 2.
@@ -25,7 +26,7 @@ import signal
 import sys
 
 from envs import NUM_STAGES, SPEC_STAGES
-from rllib_app import ablate, sweep
+from rllib_app import ablate, bench, sweep
 from rllib_app.checkpoints import CheckpointError, read_run_info, resolve_checkpoint
 from rllib_app.config import TrainConfig, UsageError
 
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="toolagent", description="Train a recurrent agent to use tools, with Ray RLlib."
     )
     sub = parser.add_subparsers(
-        dest="command", required=True, metavar="{train,eval,explain,plot,report,ablate,tune}"
+        dest="command", required=True, metavar="{train,eval,explain,plot,report,ablate,tune,bench}"
     )
 
     train = sub.add_parser("train", help="train with RLlib until every stage is solved",
@@ -120,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
         "train option -> value or {choice|grid|uniform|loguniform|randint: [...]}.",
     )
     sweep.add_arguments(tu)
+
+    be = sub.add_parser(
+        "bench", help="env steps/s (env, module, RLlib runners) and time to each milestone, RLlib vs the "
+        "hand-written baseline: DIR/bench.json",
+    )
+    bench.add_arguments(be)
     return parser
 
 
@@ -266,7 +273,11 @@ def _cmd_ablate(args, train_args: list[str]) -> int:
     return 0 if all(r["summary"] for r in records) else 1
 
 
-COMMANDS = {"eval": _cmd_eval, "explain": _cmd_explain, "plot": _cmd_plot, "report": _cmd_report}
+def _cmd_bench(args) -> int:
+    return bench.main(args)
+
+
+COMMANDS = {"eval": _cmd_eval, "explain": _cmd_explain, "plot": _cmd_plot, "report": _cmd_report, "bench": _cmd_bench}
 #: Commands that pass the flags they do not know on to 'toolagent train'.
 PASSTHROUGH = {"ablate": _cmd_ablate, "tune": sweep.main}
 

@@ -6,6 +6,15 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+#: Small enough for a few quick iterations on 2 cores; real RLlib all the same.
+SMALL = {
+    "num_envs_per_env_runner": 4,
+    "rollout_fragment_length": 16,
+    "train_batch_size_per_learner": 128,
+    "hidden_size": 32,
+    "eval_episodes": 50,
+}
+
 
 @pytest.fixture(scope="session")
 def local_ray():

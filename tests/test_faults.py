@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, SMALL, run_cli
 from rllib_app.checkpoints import (
     KILL_IN_SAVE_ENV,
     MODULE_SUBDIR,
@@ -25,14 +25,6 @@ from rllib_app.checkpoints import (
     save_checkpoint,
 )
 from rllib_app.config import TrainConfig, UsageError
-
-SMALL = {
-    "num_envs_per_env_runner": 4,
-    "rollout_fragment_length": 16,
-    "train_batch_size_per_learner": 128,
-    "hidden_size": 32,
-    "eval_episodes": 50,
-}
 
 
 class FakeAlgo:

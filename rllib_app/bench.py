@@ -1,0 +1,465 @@
+"""``toolagent bench``: where the env steps per second go, and how we compare with the baseline.
+
+One run measures, side by side (``DIR/bench.json``, and a table on stdout):
+
+1. ``raw_env``: env steps/s of the env alone, random actions: one ``ToolMachineEnv``,
+   gymnasium's ``SyncVectorEnv`` over 32 of them (what RLlib's default env loop
+   steps), and the numpy ``ToolMachineVectorEnv`` with N=256.
+2. ``inference``: ``ToolAgentGRUModule.forward_inference`` on a batch of 256
+   observations (one env step each), in env steps/s, with one torch thread (as in an
+   env runner) and with torch's default.
+3. ``rllib_sampling``: sampled env steps/s of one env runner while IMPALA, A2C and
+   PPO train (``num_env_steps_sampled_lifetime`` over wall time, after a warm-up
+   iteration), each with gymnasium's env loop and with ``--native-vector-env``, for a
+   couple of ``--num-envs-per-env-runner`` values. A2C and PPO take batches of
+   ``max(256, 8 x envs)`` (8 steps per env) so that a big env count still makes
+   whole rollouts. The full run adds one row per algorithm with the driver's torch
+   limited to one thread (the learner runs on the driver; Ray's workers get one).
+4. ``rllib_training``: env steps and seconds to each milestone (greedy accuracy
+   >= 0.99 on stage 0; on stages 0 and 1; on stages 0, 1, 2 and 2m) for IMPALA with
+   ``toolagent train``'s defaults (``rllib_app.train.train``, milestones read from
+   its ``on_iteration`` hook, i.e. at its evaluations, every 5 iterations).
+5. ``baseline``: the same for the hand-written batched A2C (``rllib_app.baseline``),
+   with the same time budget, plus its sampling rate alone.
+
+Milestones not reached within the budget are reported as not reached (``null``).
+``--quick`` uses tiny budgets (one env count, ~2 s per sampling row, 25 s of
+training each) and finishes in about two minutes on 2 cores; the full run takes
+about 2 x ``--minutes-per-training`` plus 6-8 minutes (15 sampling rows of 15 s, each
+with its algorithm build and warm-up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import os
+import pathlib
+import platform
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+from rllib_app.config import TrainConfig, UsageError
+
+ALGOS = ("impala", "a2c", "ppo")
+#: The sections of bench.json, in the order they run.
+SECTIONS = ("raw_env", "inference", "baseline", "rllib_sampling", "rllib_training")
+#: ``rllib_app.baseline.MILESTONES`` (not imported here: it would load torch for every CLI command).
+MILESTONE_ROWS = {"stage 0": ("0",), "stages 0-1": ("0", "1"), "stages 0-2": ("0", "1", "2", "2m")}
+
+
+@dataclasses.dataclass
+class BenchSettings:
+    output: pathlib.Path
+    quick: bool = False
+    minutes_per_training: float = 15.0
+    sampling_seconds: float = 15.0
+    num_envs: tuple[int, ...] = (32, 256)
+    algos: tuple[str, ...] = ALGOS
+    seed: int = 0
+
+    @classmethod
+    def make(cls, output: str, quick: bool, minutes: float | None, seed: int) -> BenchSettings:
+        if quick:
+            return cls(pathlib.Path(output), quick=True, minutes_per_training=minutes or 25 / 60,
+                       sampling_seconds=2.0, num_envs=(32,), seed=seed)
+        return cls(pathlib.Path(output), minutes_per_training=15.0 if minutes is None else minutes, seed=seed)
+
+
+def _log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _rate(fn, seconds: float, steps_per_call: int) -> dict[str, Any]:
+    """Call ``fn`` for about ``seconds`` (after one warm-up call)."""
+    fn()
+    calls, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        fn()
+        calls += 1
+    return {"steps_per_second": calls * steps_per_call / elapsed, "env_steps": calls * steps_per_call,
+            "seconds": round(elapsed, 3)}
+
+
+# -- 1. the env alone --------------------------------------------------------------------------
+def bench_raw_env(seconds: float, seed: int) -> dict[str, Any]:
+    import gymnasium as gym
+
+    from envs import NUM_ACTIONS, ToolMachineEnv, ToolMachineVectorEnv
+
+    config = TrainConfig().env_config()  # the env RLlib trains on: mask, hard contexts, shaping
+    rng = np.random.default_rng(seed)
+    actions = rng.integers(0, NUM_ACTIONS, size=(4096, 256))
+    out: dict[str, Any] = {"env_config": config}
+
+    env = ToolMachineEnv(config)
+    env.reset(seed=seed)
+    flat = actions.ravel().tolist()
+    cursor = [0]
+
+    def single_step():
+        for _ in range(256):
+            a = flat[cursor[0] % len(flat)]
+            cursor[0] += 1
+            _, _, terminated, truncated, _ = env.step(a)
+            if terminated or truncated:
+                env.reset()
+
+    out["single_env"] = {"num_envs": 1, **_rate(single_step, seconds, 256)}
+
+    for name, n, make in (
+        ("sync_vector_env", 32, lambda n: gym.vector.SyncVectorEnv([lambda: ToolMachineEnv(config)] * n)),
+        ("numpy_vector_env", 256, lambda n: ToolMachineVectorEnv(config, num_envs=n)),
+    ):
+        venv = make(n)
+        venv.reset(seed=seed)
+        row = [0]
+
+        def vector_step(venv=venv, n=n, row=row):
+            venv.step(actions[row[0] % len(actions), :n])
+            row[0] += 1
+
+        out[name] = {"num_envs": n, **_rate(vector_step, seconds, n)}
+    return out
+
+
+# -- 2. module inference ---------------------------------------------------------------------------
+def bench_inference(seconds: float, seed: int, batch: int = 256) -> dict[str, Any]:
+    import torch
+    from ray.rllib.core.columns import Columns
+
+    from envs import ToolMachineVectorEnv
+    from rllib_app.algorithms import module_spec
+
+    cfg = TrainConfig(seed=seed)
+    module = module_spec(cfg).build()
+    module.eval()
+    env = ToolMachineVectorEnv(cfg.env_config(), num_envs=batch)
+    obs, _ = env.reset(seed=seed)
+    obs_t = torch.as_tensor(obs)[:, None]
+    state = {k: torch.as_tensor(np.asarray(v))[None].repeat(batch, 1) for k, v in module.get_initial_state().items()}
+
+    def forward():
+        with torch.no_grad():
+            module.forward_inference({Columns.OBS: obs_t, Columns.STATE_IN: state})
+
+    # 1 thread: what a Ray env runner gets (Ray sets OMP_NUM_THREADS=1 in its workers);
+    # torch's default: what the driver (and the learner on it) uses.
+    default = torch.get_num_threads()
+    out = {"module": "ToolAgentGRUModule.forward_inference", "batch": batch}
+    try:
+        for threads in dict.fromkeys((1, default)):
+            torch.set_num_threads(threads)
+            result = _rate(forward, seconds, batch)
+            out[f"threads_{threads}"] = {"torch_threads": threads, **result,
+                                         "ms_per_call": 1000 * result["seconds"] * batch / max(result["env_steps"], 1)}
+    finally:
+        torch.set_num_threads(default)
+    out["steps_per_second"] = out["threads_1"]["steps_per_second"]
+    return out
+
+
+# -- 3. RLlib sampling ------------------------------------------------------------------------------
+def _sampling_config(algo: str, native: bool, num_envs: int, seed: int, output: pathlib.Path) -> TrainConfig:
+    extra = {} if algo == "impala" else {"train_batch_size_per_learner": max(256, 8 * num_envs)}
+    return TrainConfig(algo=algo, native_vector_env=native, num_envs_per_env_runner=num_envs, seed=seed,
+                       output=str(output), **extra).validate()
+
+
+def _lifetime_steps(result: dict) -> int:
+    from rllib_app.curriculum import finite_metric
+
+    return int(finite_metric(result.get("env_runners", {}).get("num_env_steps_sampled_lifetime")) or 0)
+
+
+def bench_rllib_sampling_row(cfg: TrainConfig, seconds: float, driver_threads: int | None = None) -> dict[str, Any]:
+    """Sampled env steps/s of the run's one env runner, over ``seconds`` of training.
+    ``driver_threads``: torch threads of the driver, where the learner runs (default: torch's)."""
+    import torch
+
+    default = torch.get_num_threads()
+    torch.set_num_threads(driver_threads or default)
+    try:
+        row = _sampling_row(cfg, seconds)
+    finally:
+        torch.set_num_threads(default)
+    return {**row, "driver_torch_threads": driver_threads or default}
+
+
+def _sampling_row(cfg: TrainConfig, seconds: float) -> dict[str, Any]:
+    from rllib_app.algorithms import build_config
+
+    t0 = time.perf_counter()
+    algo = build_config(cfg).build_algo()
+    build = time.perf_counter() - t0
+    try:
+        warm = time.perf_counter()
+        steps0 = _lifetime_steps(algo.train())
+        while steps0 == 0 and time.perf_counter() - warm < 60:  # IMPALA: the first samples may lag
+            steps0 = _lifetime_steps(algo.train())
+        start, steps, iterations = time.perf_counter(), steps0, 0
+        while time.perf_counter() - start < seconds:
+            steps = _lifetime_steps(algo.train())
+            iterations += 1
+        elapsed = time.perf_counter() - start
+    finally:
+        algo.stop()
+    return {
+        "algo": cfg.algo, "native_vector_env": cfg.native_vector_env, "num_envs_per_env_runner": cfg.num_envs_per_env_runner,
+        "num_env_runners": cfg.num_env_runners, "train_batch_size_per_learner": cfg.train_batch_size_per_learner,
+        "iterations": iterations, "env_steps": steps - steps0, "seconds": round(elapsed, 2),
+        "steps_per_second": (steps - steps0) / elapsed, "build_seconds": round(build, 2),
+    }
+
+
+def bench_rllib_sampling(settings: BenchSettings, logdir: pathlib.Path) -> list[dict[str, Any]]:
+    runs = [(algo, native, num_envs, None) for algo in settings.algos for num_envs in settings.num_envs
+            for native in (False, True)]
+    if not settings.quick:
+        # the learner shares the driver's torch threads with nothing else, but the box with the
+        # runner: one thread each (as Ray gives its workers) vs torch's default
+        runs += [(algo, True, settings.num_envs[-1], 1) for algo in settings.algos]
+    rows = []
+    for algo, native, num_envs, threads in runs:
+        name = f"{algo}-{'native' if native else 'gym'}-{num_envs}" + (f"-driver{threads}" if threads else "")
+        cfg = _sampling_config(algo, native, num_envs, settings.seed, logdir / name)
+        try:
+            with _quiet(logdir / f"{name}.log"):
+                row = bench_rllib_sampling_row(cfg, settings.sampling_seconds, threads)
+        except Exception as err:  # one broken row must not lose the others
+            row = {"algo": algo, "native_vector_env": native, "num_envs_per_env_runner": num_envs, "error": repr(err)}
+        rows.append(row)
+        _log(f"  rllib sampling {name}: " + (f"{row['steps_per_second']:,.0f} env steps/s"
+                                             if "error" not in row else row["error"]))
+    return rows
+
+
+# -- 4./5. milestones ---------------------------------------------------------------------------------
+def _milestones(points: list[dict[str, Any]], target: float) -> dict[str, dict[str, Any]]:
+    """The first point (``{env_steps, wall_seconds, accuracy: {row: acc}}``) at which each
+    milestone's rows all reach ``target``; ``reached: False`` and nulls otherwise."""
+    out = {}
+    for name, rows in MILESTONE_ROWS.items():
+        hit = next((p for p in points if all((p["accuracy"].get(r) or 0.0) >= target for r in rows)), None)
+        out[name] = {"reached": hit is not None, "env_steps": hit and hit["env_steps"],
+                     "wall_seconds": hit and hit["wall_seconds"]}
+    return out
+
+
+def bench_rllib_training(settings: BenchSettings, output: pathlib.Path) -> dict[str, Any]:
+    from rllib_app.train import train
+
+    cfg = TrainConfig(max_minutes=settings.minutes_per_training, seed=settings.seed, output=str(output)).validate()
+    points: list[dict[str, Any]] = []
+
+    def on_iteration(metrics: dict[str, Any], checkpoint) -> None:
+        # train() evaluates (and checkpoints) every eval_interval iterations; in between, its
+        # metrics repeat the last evaluation's accuracy
+        accuracy = {row: metrics[f"accuracy_{row}"] for row in ("0", "1", "2", "2m") if f"accuracy_{row}" in metrics}
+        if accuracy and checkpoint is not None:
+            points.append({"env_steps": metrics["env_steps"], "wall_seconds": metrics["wall_seconds"],
+                           "accuracy": accuracy})
+
+    with _quiet(output / "train.log"):
+        summary = train(cfg, on_iteration=on_iteration)
+    seconds = summary["wall_seconds"]
+    return {
+        "algo": cfg.algo, "config": "toolagent train defaults", "budget_minutes": cfg.max_minutes,
+        "milestones": _milestones(points, cfg.target_accuracy),
+        "target_reached": summary["target_reached"], "accuracy": summary["accuracy"],
+        "env_steps": summary["env_steps"], "wall_seconds": seconds,
+        "steps_per_second": summary["env_steps"] / seconds if seconds else 0.0,
+        "iterations": summary["iterations"], "evaluations": len(points),
+    }
+
+
+def bench_baseline(settings: BenchSettings, output: pathlib.Path) -> dict[str, Any]:
+    from rllib_app import baseline
+
+    args = baseline.Args(seed=settings.seed, max_seconds=settings.minutes_per_training * 60, verbose=False,
+                         output=str(output / "baseline.json"))
+    sampling = baseline.sampling_rate(args, seconds=min(settings.sampling_seconds, 5.0))
+    with _quiet(output / "baseline.log"):
+        result = baseline.train(args)
+    return {
+        "algo": "batched A2C (rllib_app.baseline)", "num_envs": args.num_envs, "rollout_steps": args.rollout_steps,
+        "budget_minutes": settings.minutes_per_training, "sampling_steps_per_second": sampling,
+        "milestones": {name: {k: m[k] for k in ("reached", "env_steps", "wall_seconds")}
+                       for name, m in result["milestones"].items()},
+        "target_reached": result["solved"], "accuracy": result["accuracy"],
+        "env_steps": result["env_steps"], "wall_seconds": result["wall_seconds"],
+        "eval_seconds": result["eval_seconds"], "steps_per_second": result["env_steps_per_second"],
+        "updates": result["updates"],
+    }
+
+
+# -- the run ----------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _quiet(path: pathlib.Path):
+    """Send what a section prints (RLlib's and train()'s lines) to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f, contextlib.redirect_stdout(f):
+        yield
+
+
+def _section(report: dict[str, Any], key: str, fn, *args) -> None:
+    t0 = time.perf_counter()
+    try:
+        report[key] = fn(*args)
+    except Exception as err:
+        report[key] = {"error": repr(err)}
+        _log(f"{key}: failed: {err!r}")
+    report["section_seconds"][key] = round(time.perf_counter() - t0, 1)
+
+
+def run(settings: BenchSettings, command: str = "") -> dict[str, Any]:
+    import ray
+    import torch
+
+    from rllib_app.checkpoints import write_json_atomic
+
+    out = settings.output
+    out.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    report: dict[str, Any] = {
+        "command": command,
+        "quick": settings.quick,
+        "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "load_average_at_start": list(os.getloadavg()),
+                    "driver_torch_threads": torch.get_num_threads(),
+                    "python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__},
+        "settings": {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in dataclasses.asdict(settings).items()},
+        "section_seconds": {},
+    }
+    short = 0.5 if settings.quick else 5.0
+    _log("raw env ...")
+    _section(report, "raw_env", bench_raw_env, short, settings.seed)
+    _log("module inference ...")
+    _section(report, "inference", bench_inference, short, settings.seed)
+    _log(f"baseline ({settings.minutes_per_training * 60:.0f} s) ...")
+    _section(report, "baseline", bench_baseline, settings, out)
+    # one local Ray of our own for every RLlib section; runner output stays out of our table
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+             configure_logging=True, logging_level="ERROR")
+    try:
+        _log("rllib sampling ...")
+        _section(report, "rllib_sampling", bench_rllib_sampling, settings, out / "rllib_sampling")
+        _log(f"rllib training: impala ({settings.minutes_per_training * 60:.0f} s) ...")
+        _section(report, "rllib_training", bench_rllib_training, settings, out / "rllib_training")
+    finally:
+        ray.shutdown()
+    report["load_average_at_end"] = list(os.getloadavg())
+    report["total_seconds"] = round(time.perf_counter() - began, 1)
+    report["table"] = format_table(report)
+    write_json_atomic(out / "bench.json", report)
+    return report
+
+
+# -- the table --------------------------------------------------------------------------------------
+def _ratio(value, base) -> str:
+    return f"{value / base:.2f}x" if value and base else "-"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    base = report.get("baseline", {})
+    base_rate = base.get("steps_per_second")
+    lines = ["| what | setting | env steps/s | vs baseline training |", "| --- | --- | ---: | ---: |"]
+
+    def add(what, setting, rate):
+        lines.append(f"| {what} | {setting} | {rate:,.0f} | {_ratio(rate, base_rate)} |" if rate
+                     else f"| {what} | {setting} | - | - |")
+
+    raw = report.get("raw_env", {})
+    for key, what in (("single_env", "env alone: ToolMachineEnv"), ("sync_vector_env", "env alone: SyncVectorEnv"),
+                      ("numpy_vector_env", "env alone: ToolMachineVectorEnv")):
+        if key in raw:
+            add(what, f"{raw[key]['num_envs']} envs", raw[key]["steps_per_second"])
+    inf = report.get("inference", {})
+    for key, row in inf.items():
+        if key.startswith("threads_"):
+            add("module forward_inference", f"batch {inf['batch']}, {row['torch_threads']} torch thread(s) "
+                f"({row['ms_per_call']:.2f} ms/call)", row["steps_per_second"])
+    if "sampling_steps_per_second" in base:
+        add("baseline sampling (policy + env)", f"{base['num_envs']} envs", base["sampling_steps_per_second"])
+    if base_rate:
+        add("**baseline training** (sample + learn)", f"{base['num_envs']} envs x {base['rollout_steps']} steps",
+            base_rate)
+    sampling = report.get("rllib_sampling")
+    for row in sampling if isinstance(sampling, list) else []:
+        loop = "native vector env" if row["native_vector_env"] else "gymnasium loop"
+        setting = f"1 runner x {row['num_envs_per_env_runner']} envs, {loop}"
+        if row.get("driver_torch_threads") == 1:
+            setting += ", driver torch threads 1"
+        if "error" in row:
+            lines.append(f"| RLlib {row['algo']} sampling | {setting} | error | - |")
+        else:
+            add(f"RLlib {row['algo']} sampling", setting, row["steps_per_second"])
+    rl = report.get("rllib_training", {})
+    if "steps_per_second" in rl:
+        add("RLlib impala training (defaults)", "1 runner x 32 envs, gymnasium loop", rl["steps_per_second"])
+
+    lines += ["", "| milestone (greedy >= 0.99) | baseline: env steps, s | RLlib impala: env steps, s "
+              "| RLlib / baseline: env steps, time |", "| --- | --- | --- | --- |"]
+    for name, rows in MILESTONE_ROWS.items():
+        b = base.get("milestones", {}).get(name)
+        r = rl.get("milestones", {}).get(name)
+
+        def cell(m):
+            if not m:
+                return "-"
+            return f"{m['env_steps']:,}, {m['wall_seconds']:.1f} s" if m["reached"] else "not reached"
+
+        both = b and r and b["reached"] and r["reached"]
+        ratio = (f"{_ratio(r['env_steps'], b['env_steps'])}, {_ratio(r['wall_seconds'], b['wall_seconds'])}"
+                 if both else "-")
+        lines.append(f"| {name} ({', '.join(rows)}) | {cell(b)} | {cell(r)} | {ratio} |")
+    budgets = [f"{x.get('budget_minutes', 0) * 60:.0f} s" for x in (base, rl) if x.get("budget_minutes")]
+    if budgets:
+        lines.append(f"\nBudget per training: {budgets[0]}. Machine load average at start: "
+                     f"{', '.join(f'{v:.1f}' for v in report.get('machine', {}).get('load_average_at_start', []))}.")
+    return "\n".join(lines)
+
+
+# -- command line --------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny budgets (~2 minutes on 2 cores); milestones may be unreached")
+    parser.add_argument("--output", metavar="DIR", default="runs/bench",
+                        help="directory for bench.json and the runs' logs (default: runs/bench)")
+    parser.add_argument("--minutes-per-training", type=float, default=None,
+                        help="wall-clock budget of each of the two trainings (default: 15; --quick: 25 s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of both trainings (default: 0)")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.minutes_per_training is not None and not args.minutes_per_training > 0:
+        raise UsageError(f"--minutes-per-training must be > 0, got {args.minutes_per_training}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    out = pathlib.Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output {args.output!r} is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as err:
+        raise UsageError(f"--output {args.output!r} is not writable ({err.strerror or err})") from None
+    command = " ".join(["toolagent bench", *(["--quick"] if args.quick else []), "--output", args.output,
+                        *([f"--minutes-per-training {args.minutes_per_training:g}"] if args.minutes_per_training else []),
+                        *([f"--seed {args.seed}"] if args.seed else [])])
+    report = run(BenchSettings.make(args.output, args.quick, args.minutes_per_training, args.seed), command)
+    print(report["table"])
+    print(f"\nwrote {out / 'bench.json'} ({report['total_seconds']:.0f} s)")
+    failed = [k for k in SECTIONS if isinstance(report.get(k), dict) and "error" in report[k]]
+    if isinstance(report.get("rllib_sampling"), list):
+        failed += [f"rllib_sampling {r['algo']} {r['num_envs_per_env_runner']}" for r in report["rllib_sampling"]
+                   if "error" in r]
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
