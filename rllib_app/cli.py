@@ -49,14 +49,30 @@ def _stage(text: str) -> int:
     return int(text)
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return value
+def _at_least(minimum: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+
+    return parse
+
+
+_positive = _at_least(1, "a positive integer")
+#: Seeds: gymnasium refuses negative ones with a traceback.
+_seed = _at_least(0, "a seed (an integer >= 0)")
+
+
+def output_dir(path: str, flag: str = "--output") -> pathlib.Path:
+    """A directory to write into: refused when it is a file (before anything runs)."""
+    p = pathlib.Path(path)
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"{flag} {path!r} is a file; give a directory")
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--episodes", type=_positive, default=1000, help="fresh episodes per stage (default: 1000)")
     ev.add_argument("--stages", type=_stage_list, default=list(SPEC_STAGES),
                     help="comma-separated stages; 3 and 4 are the memory drills (default: 0,1,2)")
-    ev.add_argument("--seed", type=int, default=0, help="seed of the evaluation episodes (default: 0)")
+    ev.add_argument("--seed", type=_seed, default=0, help="seed of the evaluation episodes (default: 0)")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.add_argument("--episodes-out", metavar="FILE.parquet", default=None,
                     help="also write every evaluated episode as a row of a Parquet file (schema: "
@@ -95,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--stage", type=_stage, default=None,
                     help="stage to show (default: 2 from a checkpoint, every stage in --episodes)")
     ex.add_argument("-n", type=_positive, default=5, help="episodes to show (per eval row with --episodes; default: 5)")
-    ex.add_argument("--seed", type=int, default=0, help="seed of the episodes (default: 0)")
+    ex.add_argument("--seed", type=_seed, default=0, help="seed of the episodes (default: 0)")
     ex.add_argument("--sample", action="store_true", help="sample actions instead of taking the greedy one")
 
     pl = sub.add_parser("plot", help="learning curves and the action-token mix of a run, as a PNG")
@@ -268,7 +284,7 @@ def _cmd_report(args) -> int:
 
 def _cmd_ablate(args, train_args: list[str]) -> int:
     levers, seeds = ablate.parse(args, train_args)
-    records = ablate.run_ablation(train_args, levers, seeds, pathlib.Path(args.output))
+    records = ablate.run_ablation(train_args, levers, seeds, output_dir(args.output))
     print(ablate.ablation_table(records, levers))
     return 0 if all(r["summary"] for r in records) else 1
 

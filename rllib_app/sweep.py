@@ -336,7 +336,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def parse(args: argparse.Namespace, train_args: list[str]) -> dict[str, Any]:
     """The whole sweep as data, checked before anything runs; on --resume, the saved one."""
-    output = pathlib.Path(args.output)
+    from rllib_app.cli import output_dir  # noqa: PLC0415 - the CLI owns its small parsers
+
+    output = output_dir(args.output)
     if args.resume:
         saved = output / SWEEP_FILE
         if not saved.is_file():

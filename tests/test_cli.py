@@ -26,6 +26,10 @@ from conftest import run_cli
         (["eval", "tests", "--stages", "0,5"], "'0,5' is not a comma-separated list of stages in 0..4"),
         (["explain", "tests", "--stage", "5"], "'5' is not a stage; allowed: 0..4"),
         (["explain", "tests", "-n", "-3"], "'-3' is not a positive integer"),
+        (["eval", "tests", "--seed", "-5"], "'-5' is not a seed (an integer >= 0)"),
+        (["explain", "tests", "--seed", "-1"], "'-1' is not a seed (an integer >= 0)"),
+        (["tune", "--output", "pyproject.toml"], "--output 'pyproject.toml' is a file; give a directory"),
+        (["ablate", "--output", "pyproject.toml"], "--output 'pyproject.toml' is a file; give a directory"),
     ],
 )
 def test_usage_errors(args, expected):
