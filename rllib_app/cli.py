@@ -191,6 +191,16 @@ def writable_file(path: str, flag: str, suffix: str) -> pathlib.Path:
     return p
 
 
+def _check_stages(stages, env_config) -> None:
+    """The checkpoint's task rules decide which stages exist (the seed variant: 0-2)."""
+    variant = (env_config or {}).get("variant", "exact")
+    if variant == "seed" and any(s not in SPEC_STAGES for s in stages):
+        raise UsageError(
+            f"this checkpoint was trained on the seed variant, which has stages {list(SPEC_STAGES)} only; "
+            f"got {sorted(set(stages) - set(SPEC_STAGES))}"
+        )
+
+
 def _cmd_eval(args) -> int:
     resolve_checkpoint(args.checkpoint)
     episodes_out = writable_file(args.episodes_out, "--episodes-out", ".parquet") if args.episodes_out else None
@@ -198,6 +208,7 @@ def _cmd_eval(args) -> int:
 
     module, info = load_module(args.checkpoint)
     env_config = info.get("env_config")
+    _check_stages(args.stages, env_config)
     rows = evaluate_rows(module, args.stages, args.episodes, env_config=env_config, seed=args.seed)
     report = accuracy_report(rows)
     if episodes_out is not None:
@@ -230,6 +241,7 @@ def _cmd_explain(args) -> int:
 
     stage = 2 if args.stage is None else args.stage
     module, info = load_module(args.checkpoint)
+    _check_stages([stage], info.get("env_config"))
     episodes = rollout(module, stage, args.n, env_config=info.get("env_config"), seed=args.seed, greedy=not args.sample)
     print(f"stage {stage}, {'sampled' if args.sample else 'greedy'} actions")
     print(format_table([e.record() for e in episodes]))

@@ -48,7 +48,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from envs import ACTION_NAMES, MEMORY_STAGES, SPEC_STAGES, ToolMachineEnv
-from rllib_app.checkpoints import read_run_info, resolve_checkpoint
+from rllib_app.checkpoints import CheckpointError, read_run_info, resolve_checkpoint
 from rllib_app.config import UsageError
 
 if TYPE_CHECKING:
@@ -86,7 +86,10 @@ def load_module(path: str | pathlib.Path) -> tuple[RLModule, dict[str, Any]]:
     from ray.rllib.core.rl_module.rl_module import RLModule
 
     root, module_dir = resolve_checkpoint(path)
-    module = RLModule.from_checkpoint(module_dir)
+    try:
+        module = RLModule.from_checkpoint(module_dir)
+    except Exception as exc:  # a damaged or foreign pickle: say which checkpoint, not a traceback
+        raise CheckpointError(f"cannot load the module in {str(path)!r}: {type(exc).__name__}: {exc}") from None
     module.eval()
     return module, read_run_info(root)
 

@@ -71,7 +71,10 @@ def load_search_space(path: str | None) -> dict[str, Any]:
     p = pathlib.Path(path)
     if not p.is_file():
         raise UsageError(f"--search-space {path!r}: no such file")
-    text = p.read_text()
+    try:
+        text = p.read_text()
+    except (UnicodeDecodeError, OSError) as exc:
+        raise UsageError(f"--search-space {path!r} cannot be read as text: {exc}") from None
     try:
         if p.suffix.lower() == ".json":
             space = json.loads(text)

@@ -71,3 +71,16 @@ def test_placement_resources_a_local_ray_lacks_fail_at_once(tmp_path):
     assert proc.returncode == 2 and "--num-learners is 0" in proc.stderr
     proc = run_cli("train", "--env-runner-resource", "GPU", timeout=60)
     assert proc.returncode == 2 and "must name a custom resource" in proc.stderr
+
+
+@pytest.mark.integration
+def test_eval_refuses_stages_the_checkpoints_variant_does_not_have(tmp_path):
+    out = tmp_path / "seed-run"
+    proc = run_cli("train", "--variant", "seed", "--shaping", "0", "--max-iterations", "1", "--eval-interval", "1",
+                   "--eval-episodes", "10", "--num-envs-per-env-runner", "4", "--train-batch-size-per-learner", "64",
+                   "--hidden-size", "16", "--output", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for args in (["eval", str(out), "--stages", "0,3"], ["explain", str(out), "--stage", "4"]):
+        bad = run_cli(*args, timeout=120)
+        assert bad.returncode == 2 and "trained on the seed variant, which has stages [0, 1, 2] only" in bad.stderr
+        assert "Traceback" not in bad.stderr
