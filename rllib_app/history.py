@@ -34,6 +34,8 @@ METRICS_SCHEMA = pa.schema(
         ("steps_per_second", pa.float64()),
         ("stage", pa.int64()),
         ("stage_weights", pa.list_(pa.float64())),
+        # env runners Ray recreated after a crash, since this process started
+        ("env_runner_restarts", pa.int64()),
         *[(f"sampled_accuracy_{s}", pa.float64()) for s in range(NUM_STAGES)],
         *[(f"greedy_accuracy_{r}", pa.float64()) for r in GREEDY_ROWS],
         *[(name, pa.float64()) for name in LOSSES],
@@ -61,6 +63,7 @@ def metrics_row(
         "steps_per_second": round(steps_per_second, 1),
         "stage": curriculum.get("stage"),
         "stage_weights": [float(w) for w in curriculum.get("stage_weights", [])] or None,
+        "env_runner_restarts": int(curriculum.get("env_runner_restarts", 0) or 0),
     }
     for s in range(NUM_STAGES):
         row[f"sampled_accuracy_{s}"] = _number(curriculum.get(f"stage_{s}_sampled_accuracy"))
