@@ -46,11 +46,25 @@ class CheckpointError(ValueError):
     """A path that is not a usable checkpoint."""
 
 
-def write_text_atomic(path: pathlib.Path, text: str) -> None:
-    """Write so that readers see the old file or the new one, never half of one."""
+def write_atomic(path: pathlib.Path, write) -> None:
+    """``write(tmp)`` a temporary file beside ``path``, then rename it over ``path``:
+    readers see the old file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: pathlib.Path, text: str) -> None:
+    write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def write_parquet_atomic(path: pathlib.Path, table) -> None:
+    import pyarrow.parquet as pq
+
+    write_atomic(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def write_json_atomic(path: pathlib.Path, data: Any) -> None:

@@ -37,7 +37,6 @@ temporary file, then ``os.replace``): a reader never sees half of one.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,7 +47,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from envs import ACTION_NAMES, MEMORY_STAGES, SPEC_STAGES, ToolMachineEnv
-from rllib_app.checkpoints import CheckpointError, read_run_info, resolve_checkpoint
+from rllib_app.checkpoints import CheckpointError, read_run_info, resolve_checkpoint, write_parquet_atomic
 from rllib_app.config import UsageError
 
 if TYPE_CHECKING:
@@ -241,12 +240,7 @@ def write_episodes(path: str | pathlib.Path, rows: dict[str, list[Episode]], *, 
     path = pathlib.Path(path)
     records = [e.record() for eps in rows.values() for e in eps]
     table = pa.Table.from_pylist(records, schema=EPISODES_SCHEMA.with_metadata({"toolagent": json.dumps(metadata)}))
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_parquet_atomic(path, table)
     return len(records)
 
 

@@ -14,7 +14,6 @@ steps: ``tensorboard --logdir runs``.
 from __future__ import annotations
 
 import math
-import os
 import pathlib
 from typing import Any
 
@@ -22,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from envs import MEMORY_STAGES, NUM_STAGES
+from rllib_app.checkpoints import write_parquet_atomic
 
 GREEDY_ROWS = tuple(r for s in range(NUM_STAGES) for r in ((str(s), f"{s}m") if s in MEMORY_STAGES else (str(s),)))
 LOSSES = ("policy_loss", "vf_loss", "entropy", "sil_policy_loss", "sil_replay_size")
@@ -86,9 +86,7 @@ class MetricsHistory:
     def append(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
         table = pa.Table.from_pylist(self.rows, schema=METRICS_SCHEMA)
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        pq.write_table(table, tmp)
-        os.replace(tmp, self.path)
+        write_parquet_atomic(self.path, table)
         self._tensorboard(row)
 
     def _tensorboard(self, row: dict[str, Any]) -> None:

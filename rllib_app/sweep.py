@@ -44,7 +44,7 @@ import os
 import pathlib
 from typing import Any, Optional, get_type_hints
 
-from rllib_app.checkpoints import write_json_atomic, write_text_atomic
+from rllib_app.checkpoints import write_json_atomic, write_parquet_atomic, write_text_atomic
 from rllib_app.config import TrainConfig, UsageError
 
 DEFAULT_SEARCH_SPACE: dict[str, Any] = {
@@ -284,13 +284,10 @@ def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def write_tables(rows: list[dict[str, Any]], output: pathlib.Path) -> None:
     """``results.parquet`` and ``results.csv``, each written whole or not at all."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     columns = list(dict.fromkeys(k for r in rows for k in r))
     table = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows])
-    tmp = output / f".results.parquet.tmp-{os.getpid()}"
-    pq.write_table(table, tmp)
-    os.replace(tmp, output / "results.parquet")
+    write_parquet_atomic(output / "results.parquet", table)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
