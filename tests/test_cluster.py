@@ -5,6 +5,7 @@ import copy
 import json
 import os
 import pathlib
+import re
 import shutil
 import socket
 import subprocess
@@ -73,6 +74,14 @@ def _free_ports(n):
     return ports
 
 
+def _ephemeral_port_range():
+    try:
+        low, high = pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def _node_ports(ports, worker_base):
     """Every port a node opens, its own: another Ray on the machine holds the defaults."""
     return [
@@ -95,7 +104,12 @@ class LoopbackCluster:
         self.worker_temp_dir = tempfile.mkdtemp(prefix="rw", dir="/tmp")
         ports = _free_ports(15)
         self.gcs_port, self.dashboard_port = ports[0], ports[1]
-        base = 30000 + (os.getpid() % 50) * 400
+        # Below the kernel's ephemeral range (32768+ here): a worker port there can be
+        # held by any outgoing connection, and a driver that cannot bind its port dies
+        # in CoreWorkerProcessImpl (seen once in CI).
+        low, _ = _ephemeral_port_range()
+        base = 10000 + (os.getpid() % 50) * 400
+        assert base + 400 <= low, f"worker ports {base}..{base + 399} overlap the ephemeral range from {low}"
         self.env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}:{os.environ['PATH']}"}
         self.procs = []
         self.logs = []
@@ -146,6 +160,26 @@ class LoopbackCluster:
 
     def read_logs(self):
         return "\n".join(pathlib.Path(log.name).read_text()[-3000:] for log in self.logs)
+
+    def fatal_lines(self, limit=40):
+        """The lines of every node's Ray logs that say why a process died: a failing job's
+        own output keeps only the tail of a C++ stack, not its first line."""
+        pattern = re.compile(r"Check failed|\] \S+\.cc:\d+: .*(?:Failed|failed|error)|^\[[^]]* [CF] \d+ \d+\]|FATAL")
+        found = []
+        for d in (self.temp_dir, self.worker_temp_dir):
+            for f in sorted(pathlib.Path(d).rglob("*")):
+                if f.is_file() and f.suffix in (".log", ".err", ".out"):
+                    try:
+                        text = f.read_text(errors="replace")
+                    except OSError:
+                        continue
+                    found += [f"{f.name}: {line}" for line in text.splitlines() if pattern.search(line)]
+        return "\n".join(found[-limit:])
+
+    def explain(self, proc):
+        """What a failed `ray job` call printed, with the fatal lines of the node logs."""
+        return (proc.stdout[-3000:] + proc.stderr[-2000:] + "\n--- fatal lines in the nodes' logs ---\n"
+                + self.fatal_lines())
 
     def nodes(self):
         """[{node_id, resources, alive}] from the Jobs/State API (the dashboard)."""
@@ -214,7 +248,7 @@ def test_a_job_trains_on_a_two_node_cluster_with_runners_and_learner_where_they_
         "--num-envs-per-env-runner", "8", "--train-batch-size-per-learner", "128", "--hidden-size", "32",
         "--max-iterations", "3", "--eval-interval", "3", "--eval-episodes", "50", "--output", str(out),
     )
-    assert submitted.returncode == 0, submitted.stdout[-4000:] + submitted.stderr[-3000:]
+    assert submitted.returncode == 0, cluster.explain(submitted)
     assert "succeeded" in (submitted.stdout + submitted.stderr).lower()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["iterations"] == 3 and summary["env_steps"] > 0
@@ -233,7 +267,7 @@ def test_a_job_trains_on_a_two_node_cluster_with_runners_and_learner_where_they_
         "--num-envs-per-env-runner", "8", "--train-batch-size-per-learner", "128", "--hidden-size", "32",
         "--eval-interval", "1000", "--output", str(stopped_out),
     )
-    assert started.returncode == 0, started.stderr[-3000:]
+    assert started.returncode == 0, cluster.explain(started)
     deadline = time.time() + 300
     while "iter    3 |" not in (logs := cluster.job("logs", job_id, f"--address={cluster.dashboard}").stdout):
         assert time.time() < deadline, logs[-3000:] + cluster.job("status", job_id, f"--address={cluster.dashboard}").stdout
