@@ -177,7 +177,7 @@ def build_config(cfg: TrainConfig):
         .training(
             lr=cfg.lr,
             gamma=cfg.gamma,
-            entropy_coeff=cfg.entropy_coeff,
+            entropy_coeff=cfg.entropy(),
             train_batch_size_per_learner=cfg.train_batch_size_per_learner,
             grad_clip=40.0,
         )

@@ -121,6 +121,10 @@ class TrainConfig:
     # -- optimisation ----------------------------------------------------------------------------
     lr: float = flag(2e-3, "learning rate", minimum=0, strict_min=True)
     entropy_coeff: float = flag(0.03, "entropy bonus coefficient", minimum=0)
+    entropy_schedule: str = flag(
+        "", "entropy coefficient by env steps sampled, STEPS:VALUE pairs interpolated linearly and held after "
+        "the last (e.g. 0:0.05,300000:0.01); empty: --entropy-coeff throughout",
+    )
     vf_loss_coeff: float = flag(0.5, "value loss coefficient", minimum=0)
     gae_lambda: float = flag(1.0, "a2c/ppo: GAE lambda (1.0: n-step returns bootstrapped from V)", minimum=0, maximum=1)
     standardize_advantages: bool = flag(True, "a2c: standardise each batch's advantages")
@@ -173,6 +177,7 @@ class TrainConfig:
                 raise UsageError(f"{name} must be <= {hi}, got {value}")
         self.fixed_stage_list()
         self.stage_path_list()
+        self.entropy()
         self._check_output()
         if self.learner_resource and self.num_learners == 0:
             raise UsageError(
@@ -237,6 +242,30 @@ class TrainConfig:
             progress_window=self.progress_window,
             progress_episodes=self.progress_episodes,
         )
+
+    def entropy(self) -> float | list[list[float]]:
+        """The entropy coefficient as RLlib takes it: a number, or ``[[env_steps, value], ...]``."""
+        if not self.entropy_schedule:
+            return self.entropy_coeff
+        example = "e.g. 0:0.05,300000:0.01"
+        points = []
+        for pair in self.entropy_schedule.split(","):
+            try:
+                steps, value = pair.split(":")
+                points.append([int(steps), float(value)])
+            except ValueError:
+                raise UsageError(
+                    f"--entropy-schedule {self.entropy_schedule!r}: {pair!r} is not STEPS:VALUE; {example}"
+                ) from None
+        steps = [p[0] for p in points]
+        if steps[0] != 0 or any(b <= a for a, b in zip(steps, steps[1:])):
+            raise UsageError(
+                f"--entropy-schedule {self.entropy_schedule!r} must start at 0 env steps and increase; {example}"
+            )
+        bad = [v for _, v in points if not (math.isfinite(v) and v >= 0)]
+        if bad:
+            raise UsageError(f"--entropy-schedule {self.entropy_schedule!r}: values must be finite and >= 0, got {bad[0]}")
+        return points
 
     def env_config(self) -> dict[str, Any]:
         """The training env's config."""

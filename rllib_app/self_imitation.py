@@ -8,10 +8,10 @@ it trains on, and adds to the algorithm's own loss
 
 over a sample of replayed episodes (uniform, or prioritised by ``(R - V)+``).
 ``R_t`` is the discounted return
-from step ``t``. Only episodes whose every step is inside one batch row are kept:
-a row that begins at the episode's first step (previous action == the start
-token; the module resets its state there, so no recurrent state needs storing)
-and contains the rewarded final step.
+from step ``t``. Successes are harvested from the episode chunks the learner is
+given, joined across batches (``EpisodeStitcher``), so each replayed episode starts
+at its first step (the module derives its state from the context there, so no
+recurrent state needs storing).
 
 Why it matters here: at stage 2 the memory program is a 5-action detour that a
 policy almost never finishes by chance; once it does, SIL replays that episode
@@ -20,11 +20,14 @@ until the policy has learned it instead of letting one gradient step forget it.
 
 from __future__ import annotations
 
+from collections import OrderedDict, deque
+
 import numpy as np
 import torch
 from ray.rllib.algorithms.appo.torch.appo_torch_learner import APPOTorchLearner
 from ray.rllib.algorithms.impala.torch.impala_torch_learner import IMPALATorchLearner
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.columns import Columns
 
 from rllib_app.a2c import A2CLearner
@@ -94,35 +97,72 @@ class SuccessReplay:
         self.max_priority = max(self.max_priority, float(priorities.max()))
 
 
-def harvest_successes(batch, *, prev_action_index: int, start_action: int, answer_action: int, gamma: float):
-    """Yield ``(obs, actions, returns, length)`` for every whole successful episode
-    in a ``[B, T]`` learner batch (numpy arrays).
+def discounted_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
+    """``R_t = sum_k gamma**k r_{t+k}`` for every step of one episode."""
+    returns = np.zeros(len(rewards), dtype=np.float32)
+    running = 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        running = rewards[t] + gamma * running
+        returns[t] = running
+    return returns
 
-    An episode is whole when its row starts at the episode's first step and it
-    ends (with ``ANS``) inside the row; it succeeded when its discounted return
-    from the first step is positive. That holds with potential-based shaping too:
-    the shaping terms telescope to ``-Phi(s_0) = 0``, so a wrong answer returns
-    exactly 0 and a right one ``gamma ** (length - 1)``.
+
+class EpisodeStitcher:
+    """Joins the chunks env runners send of each episode and yields the whole
+    successful episodes ``(obs, actions, returns, length)``.
+
+    A rollout fragment cuts episodes: an episode that starts near a fragment's end
+    arrives as two chunks, in two batches. Replaying only episodes that fit inside one
+    chunk loses the long ones first, and stage 2's memory program (9 tools) is the
+    longest success: measured with A2C and 8-step fragments, the replay then held only
+    memory-free shortcuts and the policy stayed on them. Here a chunk that starts an
+    episode is kept until the chunk that continues it arrives (from the same runner,
+    in order), up to ``max_pending`` open episodes (the oldest are dropped: an
+    episode of a runner that died never continues).
+
+    Success is judged on the outcome: the discounted return from the first step is
+    positive. That holds with potential-based shaping too, since the shaping terms
+    telescope to ``-Phi(s_0) = 0``: a wrong answer returns exactly 0 and a right one
+    ``gamma ** (length - 1)``.
     """
-    obs = batch[Columns.OBS].detach().cpu().numpy()
-    if obs.ndim != 3:
-        return
-    rewards = batch[Columns.REWARDS].detach().cpu().numpy()
-    actions = batch[Columns.ACTIONS].detach().cpu().numpy()
-    mask = batch[Columns.LOSS_MASK].detach().cpu().numpy().astype(bool)
-    starts = (obs[:, 0, prev_action_index] == start_action) & mask[:, 0]
-    for b in np.flatnonzero(starts):
-        answered = np.flatnonzero((actions[b] == answer_action) & mask[b])
-        if len(answered) == 0:
-            continue
-        end = int(answered[0]) + 1
-        ret = np.zeros(end, dtype=np.float32)
-        running = 0.0
-        for t in range(end - 1, -1, -1):
-            running = rewards[b, t] + gamma * running
-            ret[t] = running
-        if ret[0] > 0.5 * gamma ** (end - 1):
-            yield obs[b, :end], actions[b, :end], ret, end
+
+    def __init__(self, *, gamma: float, max_len: int, max_pending: int = 100_000):
+        self.gamma, self.max_len, self.max_pending = gamma, max_len, max_pending
+        self._open: OrderedDict[str, tuple[list, list, list]] = OrderedDict()
+        self.stitched = 0  # successes that spanned more than one chunk
+
+    def feed(self, episodes) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+        """Take a batch of ``SingleAgentEpisode`` chunks; return the successes they complete."""
+        found = []
+        for chunk in episodes:
+            if len(chunk) == 0:
+                continue
+            key = chunk.id_
+            parts = self._open.pop(key, None)
+            if chunk.t_started == 0:
+                parts = ([], [], [])
+            elif parts is None or sum(len(a) for a in parts[1]) != chunk.t_started:
+                continue  # its start was never seen (or lost): it cannot be replayed whole
+            parts[0].append(np.asarray(chunk.get_observations(slice(0, len(chunk)))))
+            parts[1].append(np.asarray(chunk.get_actions()))
+            parts[2].append(np.asarray(chunk.get_rewards(), dtype=np.float32))
+            if not chunk.is_done:
+                self._open[key] = parts
+                while len(self._open) > self.max_pending:
+                    self._open.popitem(last=False)
+                continue
+            if not chunk.is_terminated:
+                continue  # the step limit: not an answer
+            obs, actions, rewards = (np.concatenate(p) for p in parts)
+            length = len(actions)
+            returns = discounted_returns(rewards, self.gamma)
+            if length <= self.max_len and returns[0] > 0.5 * self.gamma ** (length - 1):
+                self.stitched += len(parts[1]) > 1
+                found.append((obs, actions, returns, length))
+        return found
+
+    def __len__(self) -> int:
+        return len(self._open)
 
 
 def self_imitation_loss(module, obs, actions, returns, steps, *, value_coeff: float, device="cpu"):
@@ -155,6 +195,19 @@ class SelfImitationMixin:
         super().build()
         # One replay per module, created at the first batch (it needs the obs width).
         self._sil_replays: dict[str, SuccessReplay] = {}
+        self._sil_stitcher: EpisodeStitcher | None = None
+        # Successes found by the thread that makes batches, drained by the one that
+        # computes the loss (IMPALA's learner thread): deque appends/pops are atomic.
+        self._sil_found: deque = deque()
+
+    def _make_batch_if_necessary(self, training_data):
+        """Harvest the successes from the episode chunks before they become a padded batch."""
+        if training_data.episodes is not None and self._sil_settings(self.config)["sil_coeff"] > 0:
+            if self._sil_stitcher is None:
+                layout = self.module[DEFAULT_MODULE_ID].unwrapped().model_config
+                self._sil_stitcher = EpisodeStitcher(gamma=self.config.gamma, max_len=int(layout["max_seq_len"]))
+            self._sil_found.extend(self._sil_stitcher.feed(training_data.episodes))
+        return super()._make_batch_if_necessary(training_data)
 
     def _sil_settings(self, config) -> dict:
         return {**SIL_DEFAULTS, **{k: v for k, v in config.learner_config_dict.items() if k in SIL_DEFAULTS}}
@@ -167,14 +220,8 @@ class SelfImitationMixin:
         module = self.module[module_id].unwrapped()
         layout = module.model_config
         replay = self._replays(module_id, batch, sil, layout, config.seed)
-        for episode in harvest_successes(
-            batch,
-            prev_action_index=layout["prev_action_index"],
-            start_action=layout["start_action"],
-            answer_action=layout["answer_action"],
-            gamma=config.gamma,
-        ):
-            replay.add(*episode)
+        while self._sil_found:
+            replay.add(*self._sil_found.popleft())
         if len(replay) == 0:
             return loss
         idx, *episodes = replay.sample(sil["sil_batch_episodes"])
@@ -188,6 +235,7 @@ class SelfImitationMixin:
                 "sil_value_loss": value_loss,
                 "sil_replay_size": float(len(replay)),
                 "sil_episodes_added": float(replay.added),
+                "sil_episodes_stitched": float(self._sil_stitcher.stitched if self._sil_stitcher else 0),
             },
             key=module_id,
             window=1,

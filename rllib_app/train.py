@@ -30,7 +30,6 @@ from typing import Any
 
 import ray
 
-from envs.tool_machine import DEFAULT_MAX_STEPS as MAX_EPISODE_STEPS
 from rllib_app.algorithms import MODULE_ID, build_config, module_spec
 from rllib_app.checkpoints import read_run_info, save_checkpoint, write_json_atomic
 from rllib_app.config import TrainConfig, UsageError
@@ -81,26 +80,6 @@ def wait_for_cluster_resources(cfg: TrainConfig) -> None:
                   f"{cfg.resource_wait_minutes:g} min: --resource-wait-minutes)", flush=True)
             next_note = time.time() + 30
         time.sleep(2)
-
-
-def fragment_warning(cfg: TrainConfig) -> str | None:
-    """Self-imitation replays only episodes that start and end inside one rollout
-    fragment (the learner sees episode chunks). A synchronous algorithm's fragment is
-    its batch split over the envs; below the longest episode, the long successes
-    (stage 2's memory program is 9 tools) are never replayed: measured, A2C with
-    8-step fragments then stayed on the short memory-free shortcuts."""
-    if cfg.algo not in ("a2c", "ppo") or not cfg.sil_coeff:
-        return None
-    fragment = cfg.train_batch_size_per_learner * max(1, cfg.num_learners) // (
-        cfg.num_envs_per_env_runner * max(1, cfg.num_env_runners)
-    )
-    if fragment > MAX_EPISODE_STEPS:
-        return None
-    return (
-        f"warning: rollout fragments of {fragment} env steps (batch / envs); self-imitation only replays "
-        f"episodes that start and end inside one, and episodes run up to {MAX_EPISODE_STEPS} steps: use "
-        f"--train-batch-size-per-learner >= 16 x the number of envs (IMPALA's fragments: 16)"
-    )
 
 
 def init_ray(cfg: TrainConfig) -> None:
@@ -230,8 +209,6 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
     last_steps = int(algo.metrics.peek(("env_runners", "num_env_steps_sampled_lifetime"), default=0))
     last_time = time.time()
     display = ProgressDisplay()
-    if warning := fragment_warning(cfg):
-        display.event(warning)
     shown_promotions = len(curriculum.promotions)
     with StopSignals() as stop:
         try:

@@ -49,16 +49,3 @@ def test_a2c_gradient_flows_to_policy_and_value_but_not_through_the_advantage():
     # d/dlogp = -A / n ; d/dV = 2 (V - R) / n only from the value term
     assert logp.grad[0].tolist() == pytest.approx([-0.5, -0.25])
     assert values.grad[0].tolist() == pytest.approx([-1.0, -0.5])
-
-
-def test_short_rollout_fragments_warn_that_self_imitation_misses_long_episodes():
-    from rllib_app.config import TrainConfig
-    from rllib_app.train import fragment_warning
-
-    # 1024 steps over 128 envs: 8-step fragments, shorter than stage 2's 9-tool program
-    warning = fragment_warning(TrainConfig(algo="a2c", num_envs_per_env_runner=128, train_batch_size_per_learner=1024))
-    assert warning and "rollout fragments of 8 env steps" in warning
-    assert fragment_warning(TrainConfig(algo="a2c", num_envs_per_env_runner=64, train_batch_size_per_learner=1024)) is None
-    assert fragment_warning(TrainConfig(algo="a2c", num_envs_per_env_runner=128, train_batch_size_per_learner=1024,
-                                        sil_coeff=0.0)) is None
-    assert fragment_warning(TrainConfig()) is None  # IMPALA sets its fragment itself (16)

@@ -103,11 +103,25 @@ def test_the_kill_hook_is_inert_unless_its_save_comes(tmp_path, monkeypatch):
         ({"max_minutes": float("inf")}, "--max-minutes must be a finite number, got inf"),
         ({"num_gpus_per_learner": float("nan")}, "--num-gpus-per-learner must be a finite number"),
         ({"keep_checkpoints": 0}, "--keep-checkpoints must be >= 1, got 0"),
+        ({"entropy_schedule": "0:0.05,x"}, "--entropy-schedule '0:0.05,x': 'x' is not STEPS:VALUE"),
+        ({"entropy_schedule": "100:0.05"}, "must start at 0 env steps and increase"),
+        ({"entropy_schedule": "0:0.05,10:0.02,10:0.01"}, "must start at 0 env steps and increase"),
+        ({"entropy_schedule": "0:nan"}, "values must be finite and >= 0, got nan"),
+        ({"entropy_schedule": "0:0.05,5:-1"}, "values must be finite and >= 0, got -1.0"),
     ],
 )
 def test_non_finite_and_out_of_range_values_are_refused(overrides, expected):
     with pytest.raises(UsageError, match=expected):
         TrainConfig(**overrides).validate()
+
+
+def test_an_entropy_schedule_becomes_rllibs_schedule_and_reaches_the_learner():
+    assert TrainConfig().entropy() == 0.03
+    cfg = TrainConfig(entropy_schedule="0:0.05,300000:0.01").validate()
+    assert cfg.entropy() == [[0, 0.05], [300000, 0.01]]
+    from rllib_app.algorithms import build_config
+
+    assert build_config(cfg).entropy_coeff == [[0, 0.05], [300000, 0.01]]
 
 
 def test_an_output_that_cannot_be_a_directory_is_refused_before_anything_starts(tmp_path):

@@ -1,13 +1,13 @@
-"""Self-imitation: harvesting whole successful episodes, the replay, and the loss."""
+"""Self-imitation: joining the chunks of successful episodes, the replay, and the loss."""
 
 import numpy as np
 import pytest
 import torch
-from ray.rllib.core.columns import Columns
+from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 
 from envs import ADD, ANS, MUL, ToolMachineEnv, general_program, observation_layout
 from models import ToolAgentGRUModule
-from rllib_app.self_imitation import SuccessReplay, harvest_successes, self_imitation_loss
+from rllib_app.self_imitation import EpisodeStitcher, SuccessReplay, self_imitation_loss
 
 LAYOUT = observation_layout()
 T = 16
@@ -17,59 +17,75 @@ def played(stage, digits, program, **config):
     env = ToolMachineEnv({"action_mask": True, **config})
     obs, _ = env.reset(seed=0, options={"stage": stage, "digits": digits})
     rows = {"obs": [], "actions": [], "rewards": []}
+    terminated = truncated = False
     for tool in program:
         rows["obs"].append(obs)
-        obs, r, term, trunc, _ = env.step(tool)
+        obs, r, terminated, truncated, _ = env.step(tool)
         rows["actions"].append(tool)
         rows["rewards"].append(r)
-        if term or trunc:
+        if terminated or truncated:
             break
-    return {k: np.array(v) for k, v in rows.items()}
+    return {**{k: np.array(v) for k, v in rows.items()}, "last_obs": obs, "terminated": terminated,
+            "truncated": truncated}
 
 
-def as_batch(episodes, skip_first=()):
-    """A padded [B, T] learner batch; rows in ``skip_first`` lose their first step
-    (as an episode continued from an earlier sample would)."""
-    B, D = len(episodes), len(episodes[0]["obs"][0])
-    batch = {
-        Columns.OBS: torch.zeros(B, T, D, dtype=torch.long),
-        Columns.ACTIONS: torch.zeros(B, T, dtype=torch.long),
-        Columns.REWARDS: torch.zeros(B, T),
-        Columns.LOSS_MASK: torch.zeros(B, T, dtype=torch.bool),
-    }
-    for b, ep in enumerate(episodes):
-        s = 1 if b in skip_first else 0
-        n = len(ep["actions"]) - s
-        batch[Columns.OBS][b, :n] = torch.as_tensor(ep["obs"][s:])
-        batch[Columns.ACTIONS][b, :n] = torch.as_tensor(ep["actions"][s:])
-        batch[Columns.REWARDS][b, :n] = torch.as_tensor(ep["rewards"][s:])
-        batch[Columns.LOSS_MASK][b, :n] = True
-    return batch
+def chunks(ep, cuts=()):
+    """The ``SingleAgentEpisode`` chunks an env runner would send of ``ep``, cut (as a
+    rollout fragment ends) after each step count in ``cuts``."""
+    episode = SingleAgentEpisode()
+    episode.add_env_reset(observation=ep["obs"][0])
+    out = []
+    n = len(ep["actions"])
+    for t in range(n):
+        last = t == n - 1
+        episode.add_env_step(
+            observation=ep["last_obs"] if last else ep["obs"][t + 1], action=ep["actions"][t],
+            reward=float(ep["rewards"][t]), terminated=last and ep["terminated"], truncated=last and ep["truncated"],
+        )
+        if t + 1 in cuts and not last:
+            out.append(episode)
+            episode = episode.cut()
+    return out + [episode]
 
 
-def test_only_whole_rewarded_episodes_are_harvested():
+def test_successes_are_joined_across_chunks_and_failures_dropped():
     good = played(2, (1, 2, 3, 4, 5), general_program(2))
     wrong = played(2, (1, 2, 3, 4, 5), [MUL, ANS])
-    cut = played(0, (1, 2, 3), general_program(0))
-    batch = as_batch([good, wrong, cut], skip_first={2})
-    found = list(harvest_successes(batch, prev_action_index=LAYOUT["prev_action_index"],
-                                   start_action=LAYOUT["start_action"], answer_action=ANS, gamma=0.5))
-    assert len(found) == 1
-    obs, actions, returns, length = found[0]
-    assert length == 9 and list(actions) == list(general_program(2))
+    stitcher = EpisodeStitcher(gamma=0.5, max_len=T)
+    first, second, third = chunks(good, cuts=(3, 7))
+    w1, w2 = chunks(wrong, cuts=(1,))
+    assert stitcher.feed([first, w1]) == [] and len(stitcher) == 2  # two open episodes
+    assert stitcher.feed([second, w2]) == [] and len(stitcher) == 1  # the wrong one ended
+    (obs, actions, returns, length), = stitcher.feed([third])
+    assert length == 9 and list(actions) == list(general_program(2)) and stitcher.stitched == 1
     np.testing.assert_allclose(returns, [0.5 ** (8 - t) for t in range(9)])
     np.testing.assert_array_equal(obs, good["obs"])
+    assert len(stitcher) == 0
 
 
-def test_shaped_episodes_are_harvested_by_outcome_not_by_shaping():
+def test_a_chunk_whose_start_was_not_seen_is_not_replayed():
+    good = played(0, (1, 2, 3), general_program(0))
+    first, rest = chunks(good, cuts=(1,))
+    stitcher = EpisodeStitcher(gamma=0.5, max_len=T)
+    assert stitcher.feed([rest]) == []  # joined mid-episode (e.g. the learner started late)
+    assert len(stitcher.feed([first, rest])) == 1  # whole: replayed
+    # the step limit is not an answer, and the oldest open episodes make room
+    limited = played(0, (1, 2, 3), [MUL] * 40)
+    assert limited["truncated"] and not limited["terminated"]
+    assert stitcher.feed(chunks(limited)) == []
+    small = EpisodeStitcher(gamma=0.5, max_len=T, max_pending=1)
+    a, b = chunks(played(2, (1, 2, 3, 4, 5), general_program(2)), cuts=(2,)), chunks(good, cuts=(1,))
+    small.feed([a[0], b[0]])
+    assert small.feed([a[1]]) == [] and len(small.feed([b[1]])) == 1
+
+
+def test_shaped_episodes_are_replayed_by_outcome_not_by_shaping():
     shaped = {"shaping": 1.0, "shaping_gamma": 0.5}
     good = played(2, (1, 2, 3, 4, 5), general_program(2), **shaped)
     # right up to RCL, then a wrong answer: positive shaping rewards on the way
     wrong = played(2, (1, 2, 3, 4, 5), list(general_program(2)[:7]) + [ADD, ANS], **shaped)
     assert (wrong["rewards"] > 0).any()
-    batch = as_batch([good, wrong])
-    found = list(harvest_successes(batch, prev_action_index=LAYOUT["prev_action_index"],
-                                   start_action=LAYOUT["start_action"], answer_action=ANS, gamma=0.5))
+    found = EpisodeStitcher(gamma=0.5, max_len=T).feed(chunks(good) + chunks(wrong))
     assert len(found) == 1 and list(found[0][1]) == list(general_program(2))
     # the shaping telescopes: the return from the first step is the unshaped one
     assert found[0][2][0] == pytest.approx(0.5 ** 8)
