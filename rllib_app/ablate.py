@@ -38,10 +38,11 @@ LEVERS: dict[str, dict[str, Any]] = {
     "mask": {"action_mask": False},
     "sil": {"sil_coeff": 0.0},
     "sil-priority": {"sil_priority_alpha": 0.0},
+    "sil-join": {"sil_join_chunks": False},
     "drills": {"stage_path": "0,1,2"},
     "initial-state-context": {"context_every_step": True},
     "shaping": {"shaping": 0.0},
-    "entropy": {"entropy_coeff": 0.01},
+    "entropy": {"entropy_coeff": 0.01, "entropy_schedule": ""},
 }
 #: The rows of a run's summary that the table reports.
 REPORTED = ("2", "2m")

@@ -68,6 +68,10 @@ class TrainConfig:
     sil_priority_alpha: float = flag(
         0.6, "self-imitation replay in proportion to (R-V)+ ** alpha (0: uniform)", minimum=0
     )
+    sil_join_chunks: bool = flag(
+        True, "self-imitation: join the chunks of an episode cut by rollout fragments (off: replay only "
+        "episodes that start and end inside one chunk)",
+    )
     # -- resources -------------------------------------------------------------------------
     num_env_runners: int = flag(1, "env runner processes sampling in parallel (0: sample on the driver)", minimum=0)
     num_envs_per_env_runner: int = flag(32, "tool machines stepped by each env runner", minimum=1)
@@ -287,6 +291,7 @@ class TrainConfig:
             "sil_batch_episodes": self.sil_batch_episodes,
             "sil_capacity": self.sil_capacity,
             "sil_priority_alpha": self.sil_priority_alpha,
+            "sil_join_chunks": self.sil_join_chunks,
         }
 
     # -- command line --------------------------------------------------------------------------------

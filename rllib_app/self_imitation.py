@@ -41,6 +41,7 @@ SIL_DEFAULTS = {
     "sil_batch_episodes": 256,
     # Oh et al. replay in proportion to (R - V)+ ** alpha; 0 samples uniformly.
     "sil_priority_alpha": 0.0,
+    "sil_join_chunks": True,
 }
 
 
@@ -126,8 +127,9 @@ class EpisodeStitcher:
     ``gamma ** (length - 1)``.
     """
 
-    def __init__(self, *, gamma: float, max_len: int, max_pending: int = 100_000):
-        self.gamma, self.max_len, self.max_pending = gamma, max_len, max_pending
+    def __init__(self, *, gamma: float, max_len: int, max_pending: int = 100_000, join: bool = True):
+        # join=False keeps only episodes inside one chunk (the ablation of joining).
+        self.gamma, self.max_len, self.max_pending, self.join = gamma, max_len, max_pending, join
         self._open: OrderedDict[str, tuple[list, list, list]] = OrderedDict()
         self.stitched = 0  # successes that spanned more than one chunk
 
@@ -147,6 +149,8 @@ class EpisodeStitcher:
             parts[1].append(np.asarray(chunk.get_actions()))
             parts[2].append(np.asarray(chunk.get_rewards(), dtype=np.float32))
             if not chunk.is_done:
+                if not self.join:
+                    continue
                 self._open[key] = parts
                 while len(self._open) > self.max_pending:
                     self._open.popitem(last=False)
@@ -205,7 +209,10 @@ class SelfImitationMixin:
         if training_data.episodes is not None and self._sil_settings(self.config)["sil_coeff"] > 0:
             if self._sil_stitcher is None:
                 layout = self.module[DEFAULT_MODULE_ID].unwrapped().model_config
-                self._sil_stitcher = EpisodeStitcher(gamma=self.config.gamma, max_len=int(layout["max_seq_len"]))
+                self._sil_stitcher = EpisodeStitcher(
+                    gamma=self.config.gamma, max_len=int(layout["max_seq_len"]),
+                    join=bool(self._sil_settings(self.config)["sil_join_chunks"]),
+                )
             self._sil_found.extend(self._sil_stitcher.feed(training_data.episodes))
         return super()._make_batch_if_necessary(training_data)
 

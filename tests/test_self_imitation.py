@@ -77,6 +77,10 @@ def test_a_chunk_whose_start_was_not_seen_is_not_replayed():
     a, b = chunks(played(2, (1, 2, 3, 4, 5), general_program(2)), cuts=(2,)), chunks(good, cuts=(1,))
     small.feed([a[0], b[0]])
     assert small.feed([a[1]]) == [] and len(small.feed([b[1]])) == 1
+    # not joining (the ablation): only episodes inside one chunk
+    unjoined = EpisodeStitcher(gamma=0.5, max_len=T, join=False)
+    assert unjoined.feed(chunks(good, cuts=(1,))) == [] and len(unjoined) == 0
+    assert len(unjoined.feed(chunks(good))) == 1
 
 
 def test_shaped_episodes_are_replayed_by_outcome_not_by_shaping():
