@@ -31,15 +31,20 @@ class UsageError(ValueError):
     """A bad value a user typed: reported as one line, exit code 2."""
 
 
-def flag(default: Any, help: str, *, choices=None, minimum=None, maximum=None, strict_min=False):
+def flag(default: Any, help: str, *, choices=None, minimum=None, maximum=None, strict_min=False, per_algo=None):
+    """A ``TrainConfig`` field. ``per_algo``: {algo: default} where an algorithm's
+    measured default differs; the field then defaults to None, resolved from ``algo``
+    when the config is made (an explicit value always wins)."""
     return field(
-        default=default,
+        default=None if per_algo else default,
         metadata={
             "help": help,
             "choices": choices,
             "minimum": minimum,
             "maximum": maximum,
             "strict_min": strict_min,
+            "base_default": default,
+            "per_algo": per_algo or {},
         },
     )
 
@@ -60,7 +65,8 @@ class TrainConfig:
         minimum=0, maximum=1,
     )
     step_limit_terminates: bool = flag(
-        False, "report running out of steps as termination (no bootstrap from V), not truncation"
+        False, "report running out of steps as termination (no bootstrap from V), not truncation",
+        per_algo={"a2c": True},
     )
     sil_coeff: float = flag(1.0, "self-imitation loss coefficient (0: off)", minimum=0)
     sil_batch_episodes: int = flag(256, "successful episodes replayed per self-imitation update", minimum=1)
@@ -74,7 +80,7 @@ class TrainConfig:
     )
     # -- resources -------------------------------------------------------------------------
     num_env_runners: int = flag(1, "env runner processes sampling in parallel (0: sample on the driver)", minimum=0)
-    num_envs_per_env_runner: int = flag(32, "tool machines stepped by each env runner", minimum=1)
+    num_envs_per_env_runner: int = flag(32, "tool machines stepped by each env runner", minimum=1, per_algo={"a2c": 64})
     num_cpus_per_env_runner: int = flag(1, "CPUs Ray reserves for each env runner", minimum=1)
     native_vector_env: bool = flag(
         False, "step each runner's tool machines as one numpy vector env (ToolMachineVectorEnv) instead of "
@@ -128,6 +134,7 @@ class TrainConfig:
     entropy_schedule: str = flag(
         "", "entropy coefficient by env steps sampled, STEPS:VALUE pairs interpolated linearly and held after "
         "the last (e.g. 0:0.05,300000:0.01); empty: --entropy-coeff throughout",
+        per_algo={"a2c": "0:0.08,500000:0.02"},
     )
     vf_loss_coeff: float = flag(0.5, "value loss coefficient", minimum=0)
     gae_lambda: float = flag(1.0, "a2c/ppo: GAE lambda (1.0: n-step returns bootstrapped from V)", minimum=0, maximum=1)
@@ -135,7 +142,8 @@ class TrainConfig:
     num_epochs: int = flag(4, "ppo: passes over each batch (one minibatch each)", minimum=1)
     gamma: float = flag(0.99, "discount", minimum=0, maximum=1)
     train_batch_size_per_learner: int = flag(
-        256, "env steps per gradient step and learner (total batch: this x max(1, --num-learners))", minimum=1
+        256, "env steps per gradient step and learner (total batch: this x max(1, --num-learners))", minimum=1,
+        per_algo={"a2c": 1024},
     )
     rollout_fragment_length: int = flag(
         16, "impala/appo: env steps each env contributes to one sample() call (a2c/ppo derive it from the batch)",
@@ -158,6 +166,13 @@ class TrainConfig:
     output: str = flag("runs/train", "directory for checkpoints and summary.json")
 
     # ---------------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        # Defaults measured per algorithm (docs/learning.md): A2C solves stage 2 reliably
+        # with 16-step chunks of 64 envs, a terminal step limit and a decaying entropy.
+        for f in dataclasses.fields(self):
+            if getattr(self, f.name) is None and f.metadata.get("per_algo"):
+                setattr(self, f.name, f.metadata["per_algo"].get(self.algo, f.metadata["base_default"]))
+
     def validate(self) -> TrainConfig:
         hints = get_type_hints(type(self))
         for f in dataclasses.fields(self):
@@ -303,9 +318,15 @@ class TrainConfig:
         for f in dataclasses.fields(cls):
             meta = f.metadata
             kind = hints[f.name]
+            default_help = " (default: %(default)s)"
+            if meta.get("per_algo"):
+                shown = {True: "on", False: "off", "": "none"}
+                default_help = f" (default: {shown.get(meta['base_default'], meta['base_default'])}; " + "; ".join(
+                    f"--algo {algo}: {shown.get(v, v)}" for algo, v in meta["per_algo"].items()) + ")%(default).0s"
+                # (the empty %(default).0s stops argparse appending "(default: None)")
             opts: dict[str, Any] = {
                 "default": argparse.SUPPRESS if only_given else f.default,
-                "help": meta["help"] + " (default: %(default)s)",
+                "help": meta["help"] + default_help,
             }
             if kind is bool:
                 opts["action"] = argparse.BooleanOptionalAction

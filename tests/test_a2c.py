@@ -49,3 +49,22 @@ def test_a2c_gradient_flows_to_policy_and_value_but_not_through_the_advantage():
     # d/dlogp = -A / n ; d/dV = 2 (V - R) / n only from the value term
     assert logp.grad[0].tolist() == pytest.approx([-0.5, -0.25])
     assert values.grad[0].tolist() == pytest.approx([-1.0, -0.5])
+
+
+def test_a2c_takes_its_measured_defaults_unless_a_flag_overrides_them():
+    from rllib_app.cli import build_parser
+    from rllib_app.config import TrainConfig
+
+    def parsed(*argv):
+        return TrainConfig.from_namespace(build_parser().parse_args(["train", *argv]))
+
+    impala, a2c = parsed(), parsed("--algo", "a2c")
+    assert (impala.num_envs_per_env_runner, impala.train_batch_size_per_learner) == (32, 256)
+    assert not impala.step_limit_terminates and impala.entropy() == 0.03
+    # docs/learning.md: 3 seeds of 3 solved stage 2 with these
+    assert (a2c.num_envs_per_env_runner, a2c.train_batch_size_per_learner) == (64, 1024)
+    assert a2c.step_limit_terminates and a2c.entropy() == [[0, 0.08], [500000, 0.02]]
+    given = parsed("--algo", "a2c", "--num-envs-per-env-runner", "8", "--no-step-limit-terminates",
+                   "--entropy-schedule", "")
+    assert given.num_envs_per_env_runner == 8 and not given.step_limit_terminates and given.entropy() == 0.03
+    assert TrainConfig(algo="a2c").num_envs_per_env_runner == 64  # in Python too
