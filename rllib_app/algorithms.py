@@ -22,6 +22,7 @@ from models import ToolAgentGRUModule
 from rllib_app.a2c import A2C, A2CConfig
 from rllib_app.config import TrainConfig
 from rllib_app.curriculum import CurriculumCallback, find_curriculum_callback
+from rllib_app.fast_env_runner import ToolMachineEnvRunner
 from rllib_app.self_imitation import (
     SelfImitationA2CLearner,
     SelfImitationAPPOLearner,
@@ -162,7 +163,8 @@ def build_config(cfg: TrainConfig):
             num_cpus_per_env_runner=cfg.num_cpus_per_env_runner,
             custom_resources_per_env_runner={cfg.env_runner_resource: 1} if cfg.env_runner_resource else {},
             rollout_fragment_length=fragment,
-            **({"gym_env_vectorize_mode": "vector_entry_point"} if cfg.native_vector_env else {}),
+            **({"gym_env_vectorize_mode": "vector_entry_point"} if cfg.native_vector_env or cfg.fast_env_runner else {}),
+            **({"env_runner_cls": ToolMachineEnvRunner} if cfg.fast_env_runner else {}),
             # ~385 MB for a weight server we do not need on one machine.
             use_env_runner_state_server=False,
         )

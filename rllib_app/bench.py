@@ -10,7 +10,8 @@ One run measures, side by side (``DIR/bench.json``, and a table on stdout):
    env runner) and with torch's default.
 3. ``rllib_sampling``: sampled env steps/s of one env runner while IMPALA, A2C and
    PPO train (``num_env_steps_sampled_lifetime`` over wall time, after a warm-up
-   iteration), each with gymnasium's env loop and with ``--native-vector-env``, for a
+   iteration), each with gymnasium's env loop, with ``--native-vector-env`` and with
+   ``--fast-env-runner`` (``ToolMachineEnvRunner`` over the native vector env), for a
    couple of ``--num-envs-per-env-runner`` values. A2C and PPO take batches of
    ``max(256, 8 x envs)`` (8 steps per env) so that a big env count still makes
    whole rollouts. The full run adds one row per algorithm with the driver's torch
@@ -25,7 +26,7 @@ One run measures, side by side (``DIR/bench.json``, and a table on stdout):
 Milestones not reached within the budget are reported as not reached (``null``).
 ``--quick`` uses tiny budgets (one env count, ~2 s per sampling row, 25 s of
 training each) and finishes in about two minutes on 2 cores; the full run takes
-about 2 x ``--minutes-per-training`` plus 6-8 minutes (15 sampling rows of 15 s, each
+about 2 x ``--minutes-per-training`` plus 8-10 minutes (21 sampling rows of 15 s, each
 with its algorithm build and warm-up).
 """
 
@@ -166,10 +167,11 @@ def bench_inference(seconds: float, seed: int, batch: int = 256) -> dict[str, An
 
 
 # -- 3. RLlib sampling ------------------------------------------------------------------------------
-def _sampling_config(algo: str, native: bool, num_envs: int, seed: int, output: pathlib.Path) -> TrainConfig:
+def _sampling_config(algo: str, native: bool, num_envs: int, seed: int, output: pathlib.Path,
+                     fast: bool = False) -> TrainConfig:
     extra = {} if algo == "impala" else {"train_batch_size_per_learner": max(256, 8 * num_envs)}
-    return TrainConfig(algo=algo, native_vector_env=native, num_envs_per_env_runner=num_envs, seed=seed,
-                       output=str(output), **extra).validate()
+    return TrainConfig(algo=algo, native_vector_env=native or fast, fast_env_runner=fast,
+                       num_envs_per_env_runner=num_envs, seed=seed, output=str(output), **extra).validate()
 
 
 def _lifetime_steps(result: dict) -> int:
@@ -211,7 +213,8 @@ def _sampling_row(cfg: TrainConfig, seconds: float) -> dict[str, Any]:
     finally:
         algo.stop()
     return {
-        "algo": cfg.algo, "native_vector_env": cfg.native_vector_env, "num_envs_per_env_runner": cfg.num_envs_per_env_runner,
+        "algo": cfg.algo, "native_vector_env": cfg.native_vector_env, "fast_env_runner": cfg.fast_env_runner,
+        "num_envs_per_env_runner": cfg.num_envs_per_env_runner,
         "num_env_runners": cfg.num_env_runners, "train_batch_size_per_learner": cfg.train_batch_size_per_learner,
         "iterations": iterations, "env_steps": steps - steps0, "seconds": round(elapsed, 2),
         "steps_per_second": (steps - steps0) / elapsed, "build_seconds": round(build, 2),
@@ -219,25 +222,68 @@ def _sampling_row(cfg: TrainConfig, seconds: float) -> dict[str, Any]:
 
 
 def bench_rllib_sampling(settings: BenchSettings, logdir: pathlib.Path) -> list[dict[str, Any]]:
-    runs = [(algo, native, num_envs, None) for algo in settings.algos for num_envs in settings.num_envs
-            for native in (False, True)]
+    # (native vector env, fast env runner): gymnasium's loop, the numpy vector env, ToolMachineEnvRunner on it
+    loops = ((False, False), (True, False), (True, True))
+    runs = [(algo, native, fast, num_envs, None) for algo in settings.algos for num_envs in settings.num_envs
+            for native, fast in loops]
     if not settings.quick:
         # the learner shares the driver's torch threads with nothing else, but the box with the
         # runner: one thread each (as Ray gives its workers) vs torch's default
-        runs += [(algo, True, settings.num_envs[-1], 1) for algo in settings.algos]
+        runs += [(algo, True, False, settings.num_envs[-1], 1) for algo in settings.algos]
     rows = []
-    for algo, native, num_envs, threads in runs:
-        name = f"{algo}-{'native' if native else 'gym'}-{num_envs}" + (f"-driver{threads}" if threads else "")
-        cfg = _sampling_config(algo, native, num_envs, settings.seed, logdir / name)
+    for algo, native, fast, num_envs, threads in runs:
+        loop = "fast" if fast else "native" if native else "gym"
+        name = f"{algo}-{loop}-{num_envs}" + (f"-driver{threads}" if threads else "")
+        cfg = _sampling_config(algo, native, num_envs, settings.seed, logdir / name, fast=fast)
         try:
             with _quiet(logdir / f"{name}.log"):
                 row = bench_rllib_sampling_row(cfg, settings.sampling_seconds, threads)
         except Exception as err:  # one broken row must not lose the others
-            row = {"algo": algo, "native_vector_env": native, "num_envs_per_env_runner": num_envs, "error": repr(err)}
+            row = {"algo": algo, "native_vector_env": native, "fast_env_runner": fast,
+                   "num_envs_per_env_runner": num_envs, "error": repr(err)}
         rows.append(row)
         _log(f"  rllib sampling {name}: " + (f"{row['steps_per_second']:,.0f} env steps/s"
                                              if "error" not in row else row["error"]))
+    # The runner alone, without a learner sharing the cores: what one runner can feed a
+    # learner on another machine (on 2 cores the learner, not the runner, bounds training).
+    num_envs = 256
+    for fast in (False, True):
+        name = f"runner-alone-{'fast' if fast else 'native'}-{num_envs}"
+        try:
+            row = runner_alone_row(_sampling_config("impala", True, num_envs, settings.seed, logdir / name, fast=fast),
+                                   settings.sampling_seconds)
+        except Exception as err:
+            row = {"native_vector_env": True, "fast_env_runner": fast, "num_envs_per_env_runner": num_envs,
+                   "error": repr(err)}
+        rows.append({"algo": None, "runner_alone": True, **row})
+        _log(f"  {name}: " + (f"{row['steps_per_second']:,.0f} env steps/s" if "error" not in row else row["error"]))
     return rows
+
+
+def runner_alone_row(cfg: TrainConfig, seconds: float) -> dict[str, Any]:
+    """One env runner as a Ray actor, sampling as IMPALA asks it to (sample, hand over the
+    episodes, connector states and metrics), with no learner: env steps/s."""
+    import ray
+    from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+
+    from rllib_app.algorithms import build_config
+    from rllib_app.fast_env_runner import ToolMachineEnvRunner
+
+    cls = ToolMachineEnvRunner if cfg.fast_env_runner else SingleAgentEnvRunner
+    runner = ray.remote(num_cpus=1)(cls).remote(config=build_config(cfg), worker_index=1)
+    try:
+        for _ in range(3):  # warm-up (the fast runner freezes the GC after its first call)
+            ray.get(runner.sample_get_state_and_metrics.remote())
+        steps, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds:
+            _, _, metrics = ray.get(runner.sample_get_state_and_metrics.remote())
+            steps += int(metrics["num_env_steps_sampled"].peek())
+    finally:
+        ray.kill(runner)
+    return {"native_vector_env": True, "fast_env_runner": cfg.fast_env_runner,
+            "num_envs_per_env_runner": cfg.num_envs_per_env_runner, "num_env_runners": 1,
+            "rollout_fragment_length": cfg.rollout_fragment_length, "env_steps": steps,
+            "seconds": round(elapsed, 2), "steps_per_second": steps / elapsed}
 
 
 # -- 4./5. milestones ---------------------------------------------------------------------------------
@@ -392,8 +438,16 @@ def format_table(report: dict[str, Any]) -> str:
             base_rate)
     sampling = report.get("rllib_sampling")
     for row in sampling if isinstance(sampling, list) else []:
-        loop = "native vector env" if row["native_vector_env"] else "gymnasium loop"
+        loop = ("ToolMachineEnvRunner, native vector env" if row.get("fast_env_runner")
+                else "native vector env" if row["native_vector_env"] else "gymnasium loop")
         setting = f"1 runner x {row['num_envs_per_env_runner']} envs, {loop}"
+        if row.get("runner_alone"):
+            what = "RLlib env runner alone (no learner)"
+            if "error" in row:
+                lines.append(f"| {what} | {setting} | error | - |")
+            else:
+                add(what, setting, row["steps_per_second"])
+            continue
         if row.get("driver_torch_threads") == 1:
             setting += ", driver torch threads 1"
         if "error" in row:

@@ -75,8 +75,10 @@ class TrainConfig:
         0.6, "self-imitation replay in proportion to (R-V)+ ** alpha (0: uniform)", minimum=0
     )
     sil_join_chunks: bool = flag(
-        True, "self-imitation: join the chunks of an episode cut by rollout fragments (off: replay only "
+        False, "self-imitation: join the chunks of an episode cut by rollout fragments (off: replay only "
         "episodes that start and end inside one chunk)",
+        # measured: A2C needs it (docs/learning.md); IMPALA's defaults were verified without it
+        per_algo={"a2c": True, "ppo": True},
     )
     # -- resources -------------------------------------------------------------------------
     num_env_runners: int = flag(1, "env runner processes sampling in parallel (0: sample on the driver)", minimum=0)
@@ -85,6 +87,10 @@ class TrainConfig:
     native_vector_env: bool = flag(
         False, "step each runner's tool machines as one numpy vector env (ToolMachineVectorEnv) instead of "
         "gymnasium's loop over single envs; same episodes for the same seeds"
+    )
+    fast_env_runner: bool = flag(
+        False, "sample with ToolMachineEnvRunner (one batched torch forward per step, episode chunks built in "
+        "bulk; same episodes as RLlib's runner for the same seeds); implies --native-vector-env"
     )
     num_learners: int = flag(0, "learner processes (0: learn on the driver; >1: DDP)", minimum=0)
     num_gpus_per_learner: float = flag(

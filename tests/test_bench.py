@@ -42,10 +42,13 @@ def test_bench_quick_writes_every_section(tmp_path):
     assert report["inference"]["batch"] == 256 and report["inference"]["steps_per_second"] > 0
 
     rows = report["rllib_sampling"]
-    assert {(r["algo"], r["native_vector_env"]) for r in rows} == {
-        (a, native) for a in ("impala", "a2c", "ppo") for native in (False, True)
+    alone = [r for r in rows if r.get("runner_alone")]
+    assert sorted(r["fast_env_runner"] for r in alone) == [False, True]
+    rows = [r for r in rows if not r.get("runner_alone")]
+    assert {(r["algo"], r["native_vector_env"], r["fast_env_runner"]) for r in rows} == {
+        (a, native, fast) for a in ("impala", "a2c", "ppo") for native, fast in ((False, False), (True, False), (True, True))
     }
-    for r in rows:
+    for r in rows + alone:
         assert "error" not in r, r
         assert r["env_steps"] > 0 and r["seconds"] > 0 and r["steps_per_second"] > 0
         assert r["num_env_runners"] == 1
