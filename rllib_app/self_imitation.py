@@ -145,18 +145,16 @@ class EpisodeStitcher:
                 parts = ([], [], [])
             elif parts is None or sum(len(a) for a in parts[1]) != chunk.t_started:
                 continue  # its start was never seen (or lost): it cannot be replayed whole
+            if (not chunk.is_done and not self.join) or chunk.is_truncated:
+                continue  # not kept; or the step limit, which is not an answer
             parts[0].append(np.asarray(chunk.get_observations(slice(0, len(chunk)))))
             parts[1].append(np.asarray(chunk.get_actions()))
             parts[2].append(np.asarray(chunk.get_rewards(), dtype=np.float32))
             if not chunk.is_done:
-                if not self.join:
-                    continue
                 self._open[key] = parts
                 while len(self._open) > self.max_pending:
                     self._open.popitem(last=False)
                 continue
-            if not chunk.is_terminated:
-                continue  # the step limit: not an answer
             obs, actions, rewards = (np.concatenate(p) for p in parts)
             length = len(actions)
             returns = discounted_returns(rewards, self.gamma)
@@ -206,12 +204,12 @@ class SelfImitationMixin:
 
     def _make_batch_if_necessary(self, training_data):
         """Harvest the successes from the episode chunks before they become a padded batch."""
-        if training_data.episodes is not None and self._sil_settings(self.config)["sil_coeff"] > 0:
+        sil = self._sil_settings(self.config)
+        if training_data.episodes is not None and sil["sil_coeff"] > 0:
             if self._sil_stitcher is None:
                 layout = self.module[DEFAULT_MODULE_ID].unwrapped().model_config
                 self._sil_stitcher = EpisodeStitcher(
-                    gamma=self.config.gamma, max_len=int(layout["max_seq_len"]),
-                    join=bool(self._sil_settings(self.config)["sil_join_chunks"]),
+                    gamma=self.config.gamma, max_len=int(layout["max_seq_len"]), join=bool(sil["sil_join_chunks"]),
                 )
             self._sil_found.extend(self._sil_stitcher.feed(training_data.episodes))
         return super()._make_batch_if_necessary(training_data)
