@@ -17,16 +17,18 @@ One run measures, side by side (``DIR/bench.json``, and a table on stdout):
    whole rollouts. The full run adds one row per algorithm with the driver's torch
    limited to one thread (the learner runs on the driver; Ray's workers get one).
 4. ``rllib_training``: env steps and seconds to each milestone (greedy accuracy
-   >= 0.99 on stage 0; on stages 0 and 1; on stages 0, 1, 2 and 2m) for IMPALA with
-   ``toolagent train``'s defaults (``rllib_app.train.train``, milestones read from
-   its ``on_iteration`` hook, i.e. at its evaluations, every 5 iterations).
+   >= 0.99 on stage 0; on stages 0 and 1; on stages 0, 1, 2 and 2m) for IMPALA and
+   A2C, each with ``toolagent train --algo ALGO``'s defaults (``rllib_app.train.train``,
+   milestones read from its ``on_iteration`` hook, i.e. at its evaluations, here every
+   2 iterations). The table's last column compares the best of them (most milestones,
+   the last one soonest) with the baseline.
 5. ``baseline``: the same for the hand-written batched A2C (``rllib_app.baseline``),
    with the same time budget, plus its sampling rate alone.
 
 Milestones not reached within the budget are reported as not reached (``null``).
 ``--quick`` uses tiny budgets (one env count, ~2 s per sampling row, 25 s of
-training each) and finishes in about two minutes on 2 cores; the full run takes
-about 2 x ``--minutes-per-training`` plus 8-10 minutes (21 sampling rows of 15 s, each
+training each) and finishes in about three minutes on 2 cores; the full run takes
+at most 3 x ``--minutes-per-training`` plus 8-10 minutes (21 sampling rows of 15 s, each
 with its algorithm build and warm-up).
 """
 
@@ -49,6 +51,9 @@ import numpy as np
 from rllib_app.config import TrainConfig, UsageError
 
 ALGOS = ("impala", "a2c", "ppo")
+#: The algorithms whose milestones are compared with the baseline's: IMPALA (``toolagent
+#: train``'s default) and A2C (the baseline's own method).
+TRAINING_ALGOS = ("impala", "a2c")
 #: The sections of bench.json, in the order they run.
 SECTIONS = ("raw_env", "inference", "baseline", "rllib_sampling", "rllib_training")
 #: ``rllib_app.baseline.MILESTONES`` (not imported here: it would load torch for every CLI command).
@@ -64,6 +69,9 @@ class BenchSettings:
     num_envs: tuple[int, ...] = (32, 256)
     algos: tuple[str, ...] = ALGOS
     seed: int = 0
+    #: iterations between the RLlib trainings' evaluations: an iteration is >= 1 s, and the
+    #: baseline evaluates every 20,480 env steps (about 1 s of its training)
+    eval_interval: int = 2
 
     @classmethod
     def make(cls, output: str, quick: bool, minutes: float | None, seed: int) -> BenchSettings:
@@ -298,10 +306,25 @@ def _milestones(points: list[dict[str, Any]], target: float) -> dict[str, dict[s
     return out
 
 
-def bench_rllib_training(settings: BenchSettings, output: pathlib.Path) -> dict[str, Any]:
+def bench_rllib_training(settings: BenchSettings, output: pathlib.Path) -> list[dict[str, Any]]:
+    """One training per algorithm of ``TRAINING_ALGOS``, each with ``toolagent train --algo
+    ALGO``'s defaults; a failed one is an ``error`` row and does not lose the others."""
+    rows = []
+    for algo in TRAINING_ALGOS:
+        _log(f"  rllib training: {algo} ({settings.minutes_per_training * 60:.0f} s) ...")
+        try:
+            rows.append(bench_rllib_training_row(algo, settings, output / algo))
+        except Exception as err:
+            rows.append({"algo": algo, "error": repr(err)})
+            _log(f"  rllib training {algo}: failed: {err!r}")
+    return rows
+
+
+def bench_rllib_training_row(algo: str, settings: BenchSettings, output: pathlib.Path) -> dict[str, Any]:
     from rllib_app.train import train
 
-    cfg = TrainConfig(max_minutes=settings.minutes_per_training, seed=settings.seed, output=str(output)).validate()
+    cfg = TrainConfig(algo=algo, max_minutes=settings.minutes_per_training, seed=settings.seed,
+                      eval_interval=settings.eval_interval, output=str(output)).validate()
     points: list[dict[str, Any]] = []
 
     def on_iteration(metrics: dict[str, Any], checkpoint) -> None:
@@ -316,7 +339,9 @@ def bench_rllib_training(settings: BenchSettings, output: pathlib.Path) -> dict[
         summary = train(cfg, on_iteration=on_iteration)
     seconds = summary["wall_seconds"]
     return {
-        "algo": cfg.algo, "config": "toolagent train defaults", "budget_minutes": cfg.max_minutes,
+        "algo": cfg.algo, "config": f"toolagent train --algo {cfg.algo} defaults, --eval-interval {cfg.eval_interval}",
+        "num_envs_per_env_runner": cfg.num_envs_per_env_runner, "fast_env_runner": cfg.fast_env_runner,
+        "native_vector_env": cfg.native_vector_env, "budget_minutes": cfg.max_minutes,
         "milestones": _milestones(points, cfg.target_accuracy),
         "target_reached": summary["target_reached"], "accuracy": summary["accuracy"],
         "env_steps": summary["env_steps"], "wall_seconds": seconds,
@@ -396,7 +421,7 @@ def run(settings: BenchSettings, command: str = "") -> dict[str, Any]:
     try:
         _log("rllib sampling ...")
         _section(report, "rllib_sampling", bench_rllib_sampling, settings, out / "rllib_sampling")
-        _log(f"rllib training: impala ({settings.minutes_per_training * 60:.0f} s) ...")
+        _log("rllib training ...")
         _section(report, "rllib_training", bench_rllib_training, settings, out / "rllib_training")
     finally:
         ray.shutdown()
@@ -408,6 +433,16 @@ def run(settings: BenchSettings, command: str = "") -> dict[str, Any]:
 
 
 # -- the table --------------------------------------------------------------------------------------
+def best_training(trainings: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The RLlib training that reached the most milestones, the last of them soonest."""
+    def key(t):
+        reached = [m for m in t["milestones"].values() if m["reached"]]
+        return (-len(reached), reached[-1]["wall_seconds"] if reached else 0.0)
+
+    ranked = sorted((t for t in trainings if "milestones" in t), key=key)
+    return ranked[0] if ranked else None
+
+
 def _ratio(value, base) -> str:
     return f"{value / base:.2f}x" if value and base else "-"
 
@@ -454,26 +489,34 @@ def format_table(report: dict[str, Any]) -> str:
             lines.append(f"| RLlib {row['algo']} sampling | {setting} | error | - |")
         else:
             add(f"RLlib {row['algo']} sampling", setting, row["steps_per_second"])
-    rl = report.get("rllib_training", {})
-    if "steps_per_second" in rl:
-        add("RLlib impala training (defaults)", "1 runner x 32 envs, gymnasium loop", rl["steps_per_second"])
+    trainings = report.get("rllib_training")
+    trainings = [t for t in trainings if "error" not in t] if isinstance(trainings, list) else []
+    for t in trainings:
+        loop = ("ToolMachineEnvRunner, native vector env" if t["fast_env_runner"]
+                else "native vector env" if t["native_vector_env"] else "gymnasium loop")
+        add(f"RLlib {t['algo']} training (defaults)", f"1 runner x {t['num_envs_per_env_runner']} envs, {loop}",
+            t["steps_per_second"])
 
-    lines += ["", "| milestone (greedy >= 0.99) | baseline: env steps, s | RLlib impala: env steps, s "
-              "| RLlib / baseline: env steps, time |", "| --- | --- | --- | --- |"]
+    def cell(m):
+        if not m:
+            return "-"
+        return f"{m['env_steps']:,}, {m['wall_seconds']:.1f} s" if m["reached"] else "not reached"
+
+    best = best_training(trainings)
+    lines += ["", "| milestone (greedy >= 0.99) | baseline: env steps, s | "
+              + " | ".join(f"RLlib {t['algo']}: env steps, s" for t in trainings)
+              + (f" | best RLlib ({best['algo']}) / baseline: env steps, time |" if best else " |"),
+              "| --- | --- | " + "--- | " * len(trainings) + ("--- |" if best else "")]
     for name, rows in MILESTONE_ROWS.items():
         b = base.get("milestones", {}).get(name)
-        r = rl.get("milestones", {}).get(name)
-
-        def cell(m):
-            if not m:
-                return "-"
-            return f"{m['env_steps']:,}, {m['wall_seconds']:.1f} s" if m["reached"] else "not reached"
-
-        both = b and r and b["reached"] and r["reached"]
-        ratio = (f"{_ratio(r['env_steps'], b['env_steps'])}, {_ratio(r['wall_seconds'], b['wall_seconds'])}"
-                 if both else "-")
-        lines.append(f"| {name} ({', '.join(rows)}) | {cell(b)} | {cell(r)} | {ratio} |")
-    budgets = [f"{x.get('budget_minutes', 0) * 60:.0f} s" for x in (base, rl) if x.get("budget_minutes")]
+        cells = [cell(b)] + [cell(t["milestones"].get(name)) for t in trainings]
+        if best:
+            r = best["milestones"].get(name)
+            both = b and r and b["reached"] and r["reached"]
+            cells.append(f"{_ratio(r['env_steps'], b['env_steps'])}, {_ratio(r['wall_seconds'], b['wall_seconds'])}"
+                         if both else "-")
+        lines.append(f"| {name} ({', '.join(rows)}) | " + " | ".join(cells) + " |")
+    budgets = [f"{x.get('budget_minutes', 0) * 60:.0f} s" for x in (base, *trainings) if x.get("budget_minutes")]
     if budgets:
         lines.append(f"\nBudget per training: {budgets[0]}. Machine load average at start: "
                      f"{', '.join(f'{v:.1f}' for v in report.get('machine', {}).get('load_average_at_start', []))}.")
@@ -487,8 +530,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", metavar="DIR", default="runs/bench",
                         help="directory for bench.json and the runs' logs (default: runs/bench)")
     parser.add_argument("--minutes-per-training", type=float, default=None,
-                        help="wall-clock budget of each of the two trainings (default: 15; --quick: 25 s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of both trainings (default: 0)")
+                        help="wall-clock budget of each training: the baseline, IMPALA, A2C (default: 15; --quick: 25 s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the trainings (default: 0)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -514,6 +557,8 @@ def main(args: argparse.Namespace) -> int:
     if isinstance(report.get("rllib_sampling"), list):
         failed += [f"rllib_sampling {r['algo']} {r['num_envs_per_env_runner']}" for r in report["rllib_sampling"]
                    if "error" in r]
+    if isinstance(report.get("rllib_training"), list):
+        failed += [f"rllib_training {r['algo']}" for r in report["rllib_training"] if "error" in r]
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

@@ -46,7 +46,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from envs import ACTION_NAMES, MEMORY_STAGES, SPEC_STAGES, ToolMachineEnv
+from envs import ACTION_NAMES, MEMORY_STAGES, SPEC_STAGES
+from envs.tool_machine import CONTEXT_LEN, PAD_TOKEN
+from envs.vector_tool_machine import ToolMachineVectorEnv
 from rllib_app.checkpoints import CheckpointError, read_run_info, resolve_checkpoint, write_parquet_atomic
 from rllib_app.config import UsageError
 
@@ -135,19 +137,23 @@ def rollout(
     greedy: bool = True,
     label: str | None = None,
 ) -> list[Episode]:
-    """Run ``episodes`` fresh episodes of ``stage`` in lockstep, one batched
-    forward pass per step. Episode ``i`` resets its env with ``seed + i``."""
+    """Run ``episodes`` fresh episodes of ``stage`` in lockstep on one
+    ``ToolMachineVectorEnv``, one batched forward pass per step. Episode ``i`` is
+    ``ToolMachineEnv(env_config).reset(seed=seed + i, options={"stage": stage})``
+    played out (the vector env is bit for bit those single envs)."""
     import torch
     from ray.rllib.core.columns import Columns
 
-    envs = [ToolMachineEnv(env_config) for _ in range(episodes)]
-    obs = np.stack([env.reset(seed=seed + i, options={"stage": stage})[0] for i, env in enumerate(envs)])
+    env = ToolMachineVectorEnv(env_config, num_envs=episodes)
+    obs, _ = env.reset(seed=seed, options={"stage": stage})
+    shown = [tuple(int(t) for t in row if t != PAD_TOKEN) for row in obs[:, :CONTEXT_LEN]]
     state = {k: torch.as_tensor(np.asarray(v))[None].repeat(episodes, 1) for k, v in module.get_initial_state().items()}
-    actions: list[list[int]] = [[] for _ in envs]
+    actions = np.zeros((env.max_steps, episodes), dtype=np.int64)
     returns = np.zeros(episodes)
-    finals: list[dict | None] = [None] * episodes
+    final = {key: np.zeros(episodes, dtype=np.int64) for key in ("target", "answered", "answer", "correct", "steps")}
     generator = torch.Generator().manual_seed(seed)
     active = np.ones(episodes, dtype=bool)
+    t = 0
     while active.any():
         with torch.no_grad():
             out = module.forward_inference({Columns.OBS: torch.as_tensor(obs)[:, None], Columns.STATE_IN: state})
@@ -157,29 +163,32 @@ def rollout(
         else:
             chosen = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
         state = out[Columns.STATE_OUT]
-        for i in np.flatnonzero(active):
-            a = int(chosen[i])
-            obs[i], r, term, trunc, info = envs[i].step(a)
-            actions[i].append(a)
-            returns[i] += r
-            if term or trunc:
-                active[i] = False
-                finals[i] = info
+        actions[t] = chosen.numpy()
+        # an ended env autoresets on its next step; nothing of it is recorded after the end
+        obs, reward, terminated, truncated, info = env.step(actions[t])
+        returns[active] += reward[active]
+        ended = (terminated | truncated) & active
+        if ended.any():
+            for key, value in final.items():
+                value[ended] = info[key][ended]
+        active &= ~ended
+        t += 1
+    env.close()
     return [
         Episode(
             stage=stage,
-            digits=env.shown_digits,
-            target=int(f["target"]),
-            actions=acts,
-            answered=bool(f["answered"]),
-            answer=int(f["answer"]),
-            correct=bool(f["correct"]),
-            episode_return=float(ret),
+            digits=shown[i],
+            target=int(final["target"][i]),
+            actions=actions[: final["steps"][i], i].tolist(),
+            answered=bool(final["answered"][i]),
+            answer=int(final["answer"][i]),
+            correct=bool(final["correct"][i]),
+            episode_return=float(returns[i]),
             seed=seed + i,
             label=str(stage) if label is None else label,
             variant=env.variant,
         )
-        for i, (env, acts, ret, f) in enumerate(zip(envs, actions, returns, finals))
+        for i in range(episodes)
     ]
 
 

@@ -53,19 +53,20 @@ def test_bench_quick_writes_every_section(tmp_path):
         assert r["env_steps"] > 0 and r["seconds"] > 0 and r["steps_per_second"] > 0
         assert r["num_env_runners"] == 1
 
-    for key in ("baseline", "rllib_training"):
-        section = report[key]
+    trainings = report["rllib_training"]
+    assert [t["algo"] for t in trainings] == ["impala", "a2c"]
+    for section in [report["baseline"], *trainings]:
         assert "error" not in section, section
         assert section["env_steps"] > 0 and section["wall_seconds"] > 0 and section["steps_per_second"] > 0
         _check_milestones(section["milestones"])
     assert report["baseline"]["sampling_steps_per_second"] > 0
-    assert report["rllib_training"]["algo"] == "impala"
 
     # the table printed and stored: every section, ratios against the baseline
     for text in (proc.stdout, report["table"]):
         assert "ToolMachineVectorEnv" in text and "forward_inference" in text and "baseline training" in text
         assert "RLlib impala sampling" in text and "RLlib ppo sampling" in text and "stages 0-2" in text
         assert "vs baseline" in text
+        assert "RLlib impala: env steps, s" in text and "RLlib a2c: env steps, s" in text
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -112,6 +113,26 @@ def test_milestones_are_first_reached_and_never_faked():
     assert m["stages 0-1"] == {"reached": True, "env_steps": 30, "wall_seconds": 3.0}
     assert m["stages 0-2"] == {"reached": False, "env_steps": None, "wall_seconds": None}
     _check_milestones(m)
+
+
+def test_the_table_compares_the_best_rllib_training_with_the_baseline():
+    def run(algo, *reached):  # reached: (env steps, seconds) per milestone, None = not reached
+        milestones = {name: {"reached": r is not None, "env_steps": r and r[0], "wall_seconds": r and r[1]}
+                      for name, r in zip(MILESTONES, reached)}
+        return {"algo": algo, "milestones": milestones, "fast_env_runner": algo == "a2c", "native_vector_env": True,
+                "num_envs_per_env_runner": 64, "steps_per_second": 1000.0, "budget_minutes": 1.0}
+
+    impala = run("impala", (10_000, 6.0), (40_000, 20.0), None)
+    a2c = run("a2c", (12_000, 5.0), (30_000, 12.0), (110_000, 55.0))
+    slow = run("ppo", (12_000, 5.0), (30_000, 12.0), (110_000, 99.0))
+    assert bench.best_training([impala, a2c]) is a2c  # more milestones wins
+    assert bench.best_training([slow, a2c, impala]) is a2c  # then the last one sooner
+    assert bench.best_training([{"algo": "a2c", "error": "boom"}]) is None
+    base = {**run("baseline", (20_000, 1.0), (80_000, 4.0), (500_000, 27.5)), "num_envs": 256, "rollout_steps": 16}
+    table = bench.format_table({"baseline": base, "rllib_training": [impala, a2c, {"algo": "x", "error": "boom"}]})
+    assert "| best RLlib (a2c) / baseline: env steps, time |" in table
+    assert "| stages 0-2 (0, 1, 2, 2m) | 500,000, 27.5 s | not reached | 110,000, 55.0 s | 0.22x, 2.00x |" in table
+    assert "| stage 0 (0) | 20,000, 1.0 s | 10,000, 6.0 s | 12,000, 5.0 s | 0.60x, 5.00x |" in table
 
 
 @pytest.mark.parametrize("args, expected", [

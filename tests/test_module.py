@@ -132,3 +132,44 @@ def test_target_network_starts_equal_and_follows_only_when_updated():
     torch.testing.assert_close(target_logits(), logits())
     # env runners get the weights without the target copy
     assert not any(k.startswith("_target") for k in module.get_state(inference_only=True))
+
+
+@pytest.mark.parametrize("greedy", [True, False])
+@pytest.mark.parametrize("env_config", [
+    {"action_mask": True},
+    {"action_mask": True, "hard_fraction": 1.0, "shaping": 0.5, "step_limit_terminates": True},
+    {"variant": "seed"},
+])
+def test_rollout_plays_the_same_episodes_as_single_envs(env_config, greedy):
+    """``evaluate.rollout`` (one vector env) against episode i = a single env reset
+    with seed + i, stepped with the same batched forward pass."""
+    from rllib_app.evaluate import rollout
+
+    module, n, seed, stage = make_module(), 64, 5, 2
+    episodes = rollout(module, stage, n, env_config=env_config, seed=seed, greedy=greedy)
+    envs = [ToolMachineEnv(env_config) for _ in range(n)]
+    obs = np.stack([env.reset(seed=seed + i, options={"stage": stage})[0] for i, env in enumerate(envs)])
+    digits = [env.shown_digits for env in envs]
+    state = {"h": torch.zeros(n, module._hidden_size)}
+    generator = torch.Generator().manual_seed(seed)
+    actions, returns, finals = [[] for _ in envs], np.zeros(n), [None] * n
+    while any(f is None for f in finals):
+        with torch.no_grad():
+            out = module.forward_inference({Columns.OBS: torch.as_tensor(obs)[:, None], Columns.STATE_IN: state})
+        logits = out[Columns.ACTION_DIST_INPUTS][:, 0]
+        chosen = (logits.argmax(-1) if greedy
+                  else torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0])
+        state = out[Columns.STATE_OUT]
+        for i in range(n):
+            if finals[i] is None:
+                obs[i], r, term, trunc, info = envs[i].step(int(chosen[i]))
+                actions[i].append(int(chosen[i]))
+                returns[i] += r
+                if term or trunc:
+                    finals[i] = info
+    assert len(episodes) == n
+    for i, e in enumerate(episodes):
+        assert (e.digits, e.actions, e.seed, e.stage) == (digits[i], actions[i], seed + i, stage)
+        assert (e.target, e.answered, e.answer, e.correct) == tuple(
+            finals[i][k] for k in ("target", "answered", "answer", "correct"))
+        assert e.episode_return == pytest.approx(returns[i])
