@@ -214,7 +214,9 @@ def _sampling_row(cfg: TrainConfig, seconds: float) -> dict[str, Any]:
         while steps0 == 0 and time.perf_counter() - warm < 60:  # IMPALA: the first samples may lag
             steps0 = _lifetime_steps(algo.train())
         start, steps, iterations = time.perf_counter(), steps0, 0
-        while time.perf_counter() - start < seconds:
+        # at least `seconds`, and (up to a minute) until a sample came back: IMPALA's
+        # asynchronous samples can all land after a short window on a busy machine
+        while (elapsed := time.perf_counter() - start) < seconds or (steps == steps0 and elapsed < 60):
             steps = _lifetime_steps(algo.train())
             iterations += 1
         elapsed = time.perf_counter() - start
