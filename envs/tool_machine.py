@@ -75,6 +75,13 @@ def stage_max_steps(stage: int) -> int:
     return DEFAULT_MAX_STEPS
 
 
+def stage_context_len(stage: int) -> int:
+    """The longest context of ``stage``: its digits, or its longest expression's tokens."""
+    if stage in EXPRESSION_OPERATORS:
+        return 2 * max(EXPRESSION_OPERATORS[stage]) + 1
+    return STAGE_DIGITS[stage]
+
+
 def context_tokens(stage: int, digits: Sequence[int], operators: Sequence[int] = ()) -> tuple[int, ...]:
     """What the agent reads: the digits, or at an expression stage ``x0 o1 x1 ... ok xk``."""
     if stage not in EXPRESSION_OPERATORS:

@@ -83,7 +83,8 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Infe
     """Stage-aware GRU actor-critic. ``model_config``: the layout keys in
     ``REQUIRED_KEYS`` plus ``hidden_size`` (128), ``embed_dim`` (32),
     ``context_every_step`` (False), ``context_encoder`` ("concat" | "gru"),
-    ``context_attention`` (False), ``pad_token`` (default ``context_vocab - 1``),
+    ``context_attention`` (False), ``context_read_len`` (concat: the context positions
+    it reads, default all), ``pad_token`` (default ``context_vocab - 1``),
     ``stage_embedding_rows`` (the stage embedding row of each stage; default one per
     stage) and ``max_seq_len`` (RLlib needs it for stateful modules)."""
 
@@ -107,6 +108,11 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Infe
         self._pad_token = int(cfg.get("pad_token", self._layout["context_vocab"] - 1))
         n_ctx = self._layout["context_len"]
         n_act = self._layout["num_actions"]
+        # concat: the positions it has weights for (the longest context the run trains on);
+        # a wider observation's further positions are padding it never reads
+        self._read_len = int(cfg.get("context_read_len", n_ctx))
+        if not 1 <= self._read_len <= n_ctx:
+            raise ValueError(f"context_read_len must be in 1..{n_ctx}, got {self._read_len}")
 
         self.context_embedding = nn.Embedding(self._layout["context_vocab"], embed)
         # Stages may share an embedding row: the expression stages differ only in length,
@@ -117,7 +123,7 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Infe
         self.register_buffer("_stage_rows", torch.tensor(rows), persistent=False)
         self.stage_embedding = nn.Embedding(max(rows) + 1, embed)
         if self._encoder_kind == "concat":
-            self.context_encoder = nn.Sequential(nn.Linear((n_ctx + 1) * embed, hidden), nn.Tanh())
+            self.context_encoder = nn.Sequential(nn.Linear((self._read_len + 1) * embed, hidden), nn.Tanh())
         else:
             self.context_reader = nn.GRU(embed, hidden, batch_first=True)
             self.context_encoder = nn.Sequential(nn.Linear(hidden + embed, hidden), nn.Tanh())
@@ -194,7 +200,7 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Infe
 
         B, T = prev_action.shape
         if self._encoder_kind == "concat":
-            embedded = net.context_embedding(context)  # [B, T, C, E]
+            embedded = net.context_embedding(context[..., : self._read_len])  # [B, T, C, E]
             tokens = torch.cat([embedded.flatten(-2), net.stage_embedding(self._stage_rows[stage])], dim=-1)
         else:
             # Each distinct context is read once (a batch repeats each episode's context at

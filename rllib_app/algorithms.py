@@ -18,7 +18,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.tune.registry import register_env
 
 from envs import ToolMachineEnv, make_tool_machine, observation_layout
-from envs.tool_machine import stage_max_steps
+from envs.tool_machine import stage_context_len, stage_max_steps
 from models import ToolAgentGRUModule
 from rllib_app.a2c import A2C, A2CConfig
 from rllib_app.config import TrainConfig
@@ -63,6 +63,9 @@ def module_spec(cfg: TrainConfig) -> RLModuleSpec:
             "context_every_step": cfg.context_every_step,
             "context_encoder": cfg.context_encoder,
             "context_attention": cfg.context_attention,
+            # what the concat encoder has weights for: the longest trained context (5 for
+            # stages 0-2, as before expressions widened the observation to 13)
+            "context_read_len": max(stage_context_len(s) for s in cfg.trained_stages()),
             "max_seq_len": max_seq_len(cfg),
         },
     )

@@ -262,7 +262,8 @@ def _cmd_eval(args) -> int:
         if any(row.endswith("m") for row in report):
             print("(2m: stage 2 on its memory-required contexts, the ones no program without STO/RCL solves)")
         if args.max_operators:
-            print("(Kop: expressions of exactly K operators; trained = an expression stage trained on draws K)")
+            print("(Kop: expressions of exactly K operators; trained = a stage on the run's curriculum draws K, "
+                  "whether or not the curriculum got there; held out = none does)")
     return 0
 
 

@@ -112,6 +112,20 @@ def test_the_gru_reader_reads_up_to_the_padding_and_serves_every_length(encoder)
     torch.testing.assert_close(out[Columns.ACTION_DIST_INPUTS], both[Columns.ACTION_DIST_INPUTS])
 
 
+def test_concat_reads_only_the_positions_it_was_built_for():
+    """context_read_len 5 (a run on stages 0-2): the same layer as before the observation
+    grew to 13 tokens, and whatever lies past position 5 is never read."""
+    module = make_module(context_read_len=5)
+    assert module.context_encoder[0].in_features == (5 + 1) * 32
+    obs = torch.as_tensor(episode_observations(2, (1, 2, 3, 4, 5), [MUL, ANS]))[None]
+    changed = obs.clone()
+    changed[..., 5:13] = 7  # tokens the reader must not see
+    out = [module.forward_inference({Columns.OBS: x, Columns.STATE_IN: initial_state(module, 1)}) for x in (obs, changed)]
+    torch.testing.assert_close(out[0][Columns.ACTION_DIST_INPUTS], out[1][Columns.ACTION_DIST_INPUTS])
+    with pytest.raises(ValueError, match="context_read_len must be in 1..13, got 14"):
+        make_module(context_read_len=14)
+
+
 def test_attention_needs_the_gru_reader():
     with pytest.raises(ValueError, match="context_attention needs context_encoder='gru'"):
         make_module(context_attention=True)
