@@ -219,7 +219,6 @@ def _sampling_row(cfg: TrainConfig, seconds: float) -> dict[str, Any]:
         while (elapsed := time.perf_counter() - start) < seconds or (steps == steps0 and elapsed < 60):
             steps = _lifetime_steps(algo.train())
             iterations += 1
-        elapsed = time.perf_counter() - start
     finally:
         algo.stop()
     return {
@@ -445,6 +444,13 @@ def best_training(trainings: list[dict[str, Any]]) -> dict[str, Any] | None:
     return ranked[0] if ranked else None
 
 
+def _loop_label(row: dict[str, Any]) -> str:
+    """How a row's env runner steps its envs."""
+    if row.get("fast_env_runner"):
+        return "ToolMachineEnvRunner, native vector env"
+    return "native vector env" if row["native_vector_env"] else "gymnasium loop"
+
+
 def _ratio(value, base) -> str:
     return f"{value / base:.2f}x" if value and base else "-"
 
@@ -475,9 +481,7 @@ def format_table(report: dict[str, Any]) -> str:
             base_rate)
     sampling = report.get("rllib_sampling")
     for row in sampling if isinstance(sampling, list) else []:
-        loop = ("ToolMachineEnvRunner, native vector env" if row.get("fast_env_runner")
-                else "native vector env" if row["native_vector_env"] else "gymnasium loop")
-        setting = f"1 runner x {row['num_envs_per_env_runner']} envs, {loop}"
+        setting = f"1 runner x {row['num_envs_per_env_runner']} envs, {_loop_label(row)}"
         if row.get("runner_alone"):
             what = "RLlib env runner alone (no learner)"
             if "error" in row:
@@ -494,10 +498,8 @@ def format_table(report: dict[str, Any]) -> str:
     trainings = report.get("rllib_training")
     trainings = [t for t in trainings if "error" not in t] if isinstance(trainings, list) else []
     for t in trainings:
-        loop = ("ToolMachineEnvRunner, native vector env" if t["fast_env_runner"]
-                else "native vector env" if t["native_vector_env"] else "gymnasium loop")
-        add(f"RLlib {t['algo']} training (defaults)", f"1 runner x {t['num_envs_per_env_runner']} envs, {loop}",
-            t["steps_per_second"])
+        add(f"RLlib {t['algo']} training (defaults)",
+            f"1 runner x {t['num_envs_per_env_runner']} envs, {_loop_label(t)}", t["steps_per_second"])
 
     def cell(m):
         if not m:
