@@ -27,10 +27,61 @@ STAGE_DIGITS = {0: 3, 1: 4, 2: 5, 3: 3, 4: 4}
 #: The stages that cannot be solved on every context without STO/RCL.
 MEMORY_STAGES = (2, 3, 4)
 
+#: Expression stages (spec, "Expression stages"): the context is ``x0 o1 x1 ... ok xk``,
+#: digits and operator tokens, and the target its value under the usual precedence.
+#: Stage -> the operator counts ``k`` it draws from (uniformly). They are numbered after
+#: the memory drills: stage 5 is the issue's "stage 3" (1-2 operators).
+EXPRESSION_OPERATORS = {5: (1, 2), 6: (3,), 7: (4,), 8: (5,), 9: (6,)}
+EXPRESSION_STAGES = tuple(EXPRESSION_OPERATORS)
+MAX_OPERATORS = max(max(counts) for counts in EXPRESSION_OPERATORS.values())
+#: Context token of each operator (digits are their own tokens 0-9).
+OPERATOR_TOKEN = {MUL: 10, ADD: 11, SUB: 12}
+TOKEN_OPERATOR = {token: tool for tool, token in OPERATOR_TOKEN.items()}
+#: The expression stage that draws expressions of k operators.
+OPERATOR_STAGE = {k: stage for stage, counts in EXPRESSION_OPERATORS.items() for k in counts}
+#: All stages, in order: the digit stages 0-4, then the expression stages.
+STAGES = tuple(STAGE_DIGITS) + EXPRESSION_STAGES
 
-def stage_target(stage: int, digits: Sequence[int]) -> int:
-    """The value the agent must submit at ``stage`` for context ``digits``
-    (also vectorised: pass the digit columns of many contexts)."""
+
+def expression_value(digits: Sequence[int], operators: Sequence[int]) -> int:
+    """``x0 o1 x1 ... ok xk`` with ``MUL`` before ``ADD``/``SUB``, left to right."""
+    if len(digits) != len(operators) + 1:
+        raise ValueError(f"an expression has one digit more than operators, got {len(digits)} and {len(operators)}")
+    total, term = 0, int(digits[0])
+    sign = 1
+    for op, x in zip(operators, digits[1:]):
+        if op == MUL:
+            term *= int(x)
+        else:
+            total += sign * term
+            sign, term = (1 if op == ADD else -1), int(x)
+    return total + sign * term
+
+
+def expression_terms(operators: Sequence[int]) -> list[tuple[int, int]]:
+    """The additive terms of ``x0 o1 x1 ... ok xk`` as ``(sign operator, number of digits)``:
+    the first term's sign is ``ADD``; e.g. ``MUL ADD SUB MUL`` -> ``[(ADD, 2), (ADD, 1), (SUB, 2)]``."""
+    terms = [(ADD, 1)]
+    for op in operators:
+        if op == MUL:
+            terms[-1] = (terms[-1][0], terms[-1][1] + 1)
+        else:
+            terms.append((op, 1))
+    return terms
+
+
+def needs_memory(operators: Sequence[int]) -> bool:
+    """Whether ``x0 o1 x1 ... ok xk`` needs ``STO``/``RCL`` in the oracle's program: some
+    later term is a product (an ``ADD``/``SUB`` followed by a ``MUL``)."""
+    return any(a != MUL and b == MUL for a, b in zip(operators, operators[1:]))
+
+
+def stage_target(stage: int, digits: Sequence[int], operators: Sequence[int] = ()) -> int:
+    """The value the agent must submit at ``stage`` for context ``digits`` (and, at an
+    expression stage, its ``operators``); the digit stages also take the digit columns
+    of many contexts (vectorised)."""
+    if stage in EXPRESSION_OPERATORS:
+        return expression_value(digits, operators)
     a, b, c = digits[0], digits[1], digits[2]
     if stage == 0:
         return a * b + c
@@ -42,7 +93,7 @@ def stage_target(stage: int, digits: Sequence[int]) -> int:
         return a - b * c
     if stage == 4:
         return a * b - c * digits[3]
-    raise ValueError(f"stage must be one of {sorted(STAGE_DIGITS)}, got {stage!r}")
+    raise ValueError(f"stage must be one of {list(STAGES)}, got {stage!r}")
 
 
 def combine(tool: int, left, right):

@@ -1,8 +1,13 @@
-"""The oracle: correct programs for any task of stages 0-4.
+"""The oracle: correct programs for any task of any stage.
 
-* ``general_program(stage)`` is the spec's compiler for these stages: one program
+* ``general_program(stage)`` is the spec's compiler for stages 0-4: one program
   that is correct on every context of the stage (and the shortest such program,
   which ``tests/test_brute_force.py`` proves).
+* ``compile_expression(operators)`` is the spec's compiler for the expression
+  stages: the program depends on the operators only (never on the digits): the first
+  term with ``MUL``s; then a one-digit term with its ``ADD``/``SUB``; a product term
+  with ``STO``, its ``MUL``s, ``RCL`` and its ``ADD``/``SUB``; then ``ANS``.
+  ``oracle_program(stage, operators)`` is whichever of the two applies.
 * ``shortest_program(stage, digits)`` is a breadth-first search over machine
   states for one task: a shortest program for *that* context. It can be shorter
   than the general program (e.g. ``MUL MUL ADD ANS`` at stage 2 when ``d*e == 0``),
@@ -11,12 +16,16 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Sequence
+from functools import cache
 
 from envs.machine import (
     ADD,
     ANS,
+    ARITHMETIC,
+    EXPRESSION_OPERATORS,
     MUL,
     NUM_ACTIONS,
     RCL,
@@ -25,6 +34,7 @@ from envs.machine import (
     SUB,
     MachineState,
     apply_tool,
+    expression_terms,
     stage_target,
 )
 
@@ -44,11 +54,36 @@ def general_program(stage: int) -> tuple[int, ...]:
     return _GENERAL[stage]
 
 
-def general_path(stage: int, digits: Sequence[int]) -> tuple[MachineState, ...]:
-    """The machine states the general program passes through on ``digits``, after
+def compile_expression(operators: Sequence[int]) -> tuple[int, ...]:
+    """The spec's program for ``x0 o1 x1 ... ok xk`` (any digits), ending in ``ANS``."""
+    if not operators or any(op not in ARITHMETIC for op in operators):
+        raise ValueError(f"operators must be a non-empty sequence of MUL/ADD/SUB (0-2), got {list(operators)}")
+    terms = expression_terms(operators)
+    program = [MUL] * terms[0][1]
+    for sign, length in terms[1:]:
+        program += [sign] if length == 1 else [STO, *[MUL] * length, RCL, sign]
+    return (*program, ANS)
+
+
+def oracle_program(stage: int, operators: Sequence[int] = ()) -> tuple[int, ...]:
+    """A correct program for every task of ``stage`` with these ``operators`` (none at
+    the digit stages)."""
+    return compile_expression(operators) if stage in EXPRESSION_OPERATORS else general_program(stage)
+
+
+@cache
+def longest_oracle_program(stage: int) -> int:
+    """The length of the oracle's longest program at an expression stage (over every
+    operator sequence it can draw)."""
+    return max(len(compile_expression(ops)) for k in EXPRESSION_OPERATORS[stage]
+               for ops in itertools.product(ARITHMETIC, repeat=k))
+
+
+def general_path(stage: int, digits: Sequence[int], operators: Sequence[int] = ()) -> tuple[MachineState, ...]:
+    """The machine states the oracle's program passes through on ``digits``, after
     each of its tools before ``ANS`` (the empty start state excluded)."""
     state, path = MachineState(), []
-    for tool in general_program(stage)[:-1]:
+    for tool in oracle_program(stage, operators)[:-1]:
         state = apply_tool(state, tool, digits)
         path.append(state)
     return tuple(path)

@@ -9,6 +9,10 @@ Observation: one flat ``int64`` vector, laid out as ``observation_layout()`` say
 
     [context tokens (CONTEXT_LEN, PAD-padded) | stage | previous action | mask (6)]
 
+Context tokens: the digits 0-9 themselves and, at the expression stages (5-9), the
+operator tokens ``MUL``=10, ``ADD``=11, ``SUB``=12; ``CONTEXT_LEN`` fits the longest
+stage's expression (7 digits, 6 operators).
+
 A flat vector keeps RLlib's connectors cheap (no dict traversal per step); the
 module slices it with the offsets it is given.
 """
@@ -24,33 +28,104 @@ import numpy as np
 from envs.analysis import memory_required_contexts
 from envs.machine import (
     ANS,
+    ARITHMETIC,
+    EXPRESSION_OPERATORS,
+    EXPRESSION_STAGES,
+    MAX_OPERATORS,
     MEMORY_STAGES,
     NUM_ACTIONS,
+    OPERATOR_TOKEN,
     SEED_EPISODE_TOKENS,
     STAGE_DIGITS,
+    STAGES,
     MachineState,
     SeedState,
     apply_tool,
+    needs_memory,
     seed_apply,
     seed_reward,
     stage_target,
     tool_applies,
 )
-from envs.oracle import general_path, progress
+from envs.oracle import general_path, longest_oracle_program, progress
 
 VARIANTS = ("exact", "seed")
-NUM_STAGES = len(STAGE_DIGITS)
+NUM_STAGES = len(STAGES)
 #: The spec's stages (the tutorial's three); the ``seed`` variant defines only these.
 SPEC_STAGES = (0, 1, 2)
-#: Longest context of any stage; shorter ones are padded with ``PAD_TOKEN``.
-CONTEXT_LEN = max(STAGE_DIGITS.values())
-#: Context tokens: digits 0-9, three operator tokens reserved for expression
-#: stages, then padding.
+#: Longest context of any stage (an expression of MAX_OPERATORS operators); shorter
+#: ones are padded with ``PAD_TOKEN``.
+CONTEXT_LEN = max(*STAGE_DIGITS.values(), 2 * MAX_OPERATORS + 1)
+#: Context tokens: digits 0-9, the operator tokens 10-12, then padding.
 PAD_TOKEN = 13
 CONTEXT_VOCAB = 14
 #: The previous-action field at the first step of an episode.
 START_ACTION = NUM_ACTIONS
+#: The step limit of the digit stages 0-4 (the spec's 12).
 DEFAULT_MAX_STEPS = 12
+#: Slack over the oracle's longest program in an expression stage's step limit (spec).
+EXPRESSION_SLACK = 3
+
+
+def stage_max_steps(stage: int) -> int:
+    """The default step limit of ``stage``: 12 for the digit stages; the oracle's longest
+    program plus 3 for an expression stage."""
+    if stage in EXPRESSION_OPERATORS:
+        return longest_oracle_program(stage) + EXPRESSION_SLACK
+    return DEFAULT_MAX_STEPS
+
+
+def stage_context_len(stage: int) -> int:
+    """The longest context of ``stage``: its digits, or its longest expression's tokens."""
+    if stage in EXPRESSION_OPERATORS:
+        return 2 * max(EXPRESSION_OPERATORS[stage]) + 1
+    return STAGE_DIGITS[stage]
+
+
+def context_tokens(stage: int, digits: Sequence[int], operators: Sequence[int] = ()) -> tuple[int, ...]:
+    """What the agent reads: the digits, or at an expression stage ``x0 o1 x1 ... ok xk``."""
+    if stage not in EXPRESSION_OPERATORS:
+        return tuple(int(x) for x in digits)
+    tokens = [int(digits[0])]
+    for op, x in zip(operators, digits[1:]):
+        tokens += [OPERATOR_TOKEN[op], int(x)]
+    return tuple(tokens)
+
+def draw_expression(
+    rng: np.random.Generator, stage: int, options: Mapping[str, Any] | None = None, hard_fraction: float = 0.0
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """An expression stage's task ``(digits, operators)``: ``options``' ``digits`` and
+    ``operators`` if given (checked), else drawn from ``rng`` as ``MAX_OPERATORS + 1``
+    digits, ``MAX_OPERATORS`` operators, then (if the stage has several and ``options``
+    has no ``num_operators``) the operator count, always in this order and number.
+    With ``hard_fraction`` > 0, a first ``random() < hard_fraction`` makes the task one
+    that needs memory (drawn again until ``needs_memory``), as the digit stages' hard
+    contexts do."""
+    counts = EXPRESSION_OPERATORS[stage]
+    options = options or {}
+    if "digits" in options or "operators" in options:
+        digits = tuple(int(x) for x in options.get("digits", ()))
+        operators = tuple(int(x) for x in options.get("operators", ()))
+        if len(operators) not in counts or len(digits) != len(operators) + 1 or not all(
+            0 <= x <= 9 for x in digits
+        ) or not all(op in ARITHMETIC for op in operators):
+            raise ValueError(
+                f"stage {stage} takes options digits (k + 1 digits 0-9) and operators (k of "
+                f"MUL=0, ADD=1, SUB=2) with k in {list(counts)}, got {list(digits)} and {list(operators)}"
+            )
+        return digits, operators
+    k = options.get("num_operators")
+    if k is not None and k not in counts:
+        raise ValueError(f"stage {stage} draws {list(counts)} operators, got num_operators={k!r}")
+    hard = hard_fraction > 0 and rng.random() < hard_fraction and (k or max(counts)) > 1
+    while True:
+        digits = rng.integers(0, 10, size=MAX_OPERATORS + 1)
+        operators = rng.integers(0, len(ARITHMETIC), size=MAX_OPERATORS)
+        count = k if k is not None else counts[int(rng.integers(len(counts)))] if len(counts) > 1 else counts[0]
+        task = tuple(int(x) for x in digits[: count + 1]), tuple(int(ARITHMETIC[o]) for o in operators[:count])
+        if not hard or needs_memory(task[1]):
+            return task
+
 
 _CONFIG_KEYS = (
     "variant", "stage", "max_steps", "action_mask", "hard_fraction", "shaping", "shaping_gamma", "step_limit_terminates",
@@ -62,6 +137,9 @@ def observation_layout() -> dict[str, int]:
     return {
         "context_len": CONTEXT_LEN,
         "context_vocab": CONTEXT_VOCAB,
+        "pad_token": PAD_TOKEN,
+        # the expression stages share one stage embedding: they differ only in length
+        "stage_embedding_rows": [min(s, EXPRESSION_STAGES[0]) for s in STAGES],
         "stage_index": CONTEXT_LEN,
         "num_stages": NUM_STAGES,
         "prev_action_index": CONTEXT_LEN + 1,
@@ -84,17 +162,21 @@ class ToolMachineEnv(gym.Env):
     """The tool machine task, ``exact`` or ``seed`` variant.
 
     Stages 0-2 are the spec's; 3 (``a-b*c``) and 4 (``a*b-c*d``) are memory drills
-    for the ``exact`` variant: shorter programs that already need ``STO``/``RCL``.
+    for the ``exact`` variant: shorter programs that already need ``STO``/``RCL``;
+    5-9 are the expression stages (``EXPRESSION_OPERATORS``: 1-2, 3, 4, 5 and 6
+    operators), whose program depends on the operators read.
 
     Args:
         config: RLlib's ``env_config`` (or any mapping) with optional keys
-            ``variant`` ("exact" | "seed"), ``stage`` (0-4; the seed variant 0-2), ``max_steps``
-            (exact variant only; the seed variant always reads 6 tokens) and
+            ``variant`` ("exact" | "seed"), ``stage`` (0-9; the seed variant 0-2), ``max_steps``
+            (exact variant only: one step limit for every stage; by default each stage's
+            own, ``stage_max_steps``; the seed variant always reads 6 tokens) and
             ``action_mask`` (bool: expose the tools that can apply now) and
             ``hard_fraction`` (0-1: the share of episodes of a memory stage (2, and
             the drills 3 and 4) whose context is drawn from that stage's
             memory-required subset, the contexts that no memory-free program
-            solves (20% of stage 2's); a training lever, evaluation keeps 0).
+            solves (20% of stage 2's), and of an expression stage that need memory
+            (a later term is a product); a training lever, evaluation keeps 0).
     """
 
     metadata = {"render_modes": []}
@@ -107,14 +189,14 @@ class ToolMachineEnv(gym.Env):
         self.variant = config.get("variant", "exact")
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {list(VARIANTS)}, got {self.variant!r}")
-        if self.variant == "seed":
-            self.max_steps = SEED_EPISODE_TOKENS
-        else:
-            self.max_steps = config.get("max_steps", DEFAULT_MAX_STEPS)
-            if isinstance(self.max_steps, bool) or not isinstance(
-                self.max_steps, (int, np.integer)
-            ) or self.max_steps < 1:
-                raise ValueError(f"max_steps must be an integer >= 1, got {self.max_steps!r}")
+        #: One step limit for every stage, or None: each stage's own (``stage_max_steps``).
+        self.fixed_max_steps = SEED_EPISODE_TOKENS if self.variant == "seed" else config.get("max_steps")
+        if (self.variant == "seed" or "max_steps" in config) and (isinstance(self.fixed_max_steps, bool) or not isinstance(
+            self.fixed_max_steps, (int, np.integer)
+        ) or self.fixed_max_steps < 1):
+            raise ValueError(f"max_steps must be an integer >= 1, got {self.fixed_max_steps!r}")
+        #: The longest any episode can be.
+        self.max_steps = self.fixed_max_steps or max(stage_max_steps(s) for s in STAGES)
         self.use_action_mask = bool(config.get("action_mask", False))
         self.hard_fraction = config.get("hard_fraction", 0.0)
         if isinstance(self.hard_fraction, bool) or not isinstance(self.hard_fraction, (int, float)) or not (
@@ -143,6 +225,8 @@ class ToolMachineEnv(gym.Env):
 
         self.stage = 0
         self.digits: tuple[int, ...] = ()
+        self.operators: tuple[int, ...] = ()
+        self._limit = self.max_steps
         self._state: MachineState | SeedState = MachineState()
         self._steps = 0
         self._prev_action = START_ACTION
@@ -176,7 +260,10 @@ class ToolMachineEnv(gym.Env):
             self.stage = self._check_stage(options["stage"])
         else:
             self.stage = int(self.np_random.choice(NUM_STAGES, p=self._stage_weights))
-        if "digits" in options:
+        operators: tuple[int, ...] = ()
+        if self.stage in EXPRESSION_OPERATORS:
+            digits, operators = draw_expression(self.np_random, self.stage, options, self.hard_fraction)
+        elif "digits" in options:
             digits = tuple(int(x) for x in options["digits"])
         elif self.stage in self._hard_contexts and self.np_random.random() < self.hard_fraction:
             hard = self._hard_contexts[self.stage]
@@ -185,9 +272,14 @@ class ToolMachineEnv(gym.Env):
             # The tutorial draws all five digits at every stage; so do we, which
             # keeps both variants on one random stream.
             digits = tuple(int(x) for x in self.np_random.integers(0, 10, size=5))
-        self.digits = digits if self.variant == "seed" else digits[: STAGE_DIGITS[self.stage]]
+        if self.variant == "seed" or self.stage in EXPRESSION_OPERATORS:
+            self.digits = digits
+        else:
+            self.digits = digits[: STAGE_DIGITS[self.stage]]
+        self.operators = operators
+        self._limit = self.fixed_max_steps or stage_max_steps(self.stage)
         self._state = SeedState() if self.variant == "seed" else MachineState()
-        self._path = general_path(self.stage, self.digits) if self.shaping else ()
+        self._path = general_path(self.stage, self.digits, self.operators) if self.shaping else ()
         self._steps = 0
         self._prev_action = START_ACTION
         return self._observation(), {"stage": self.stage}
@@ -204,7 +296,7 @@ class ToolMachineEnv(gym.Env):
             answer = self._state.acc
         self._prev_action = action
         answered = action == ANS
-        out_of_steps = not answered and self._steps >= self.max_steps
+        out_of_steps = not answered and self._steps >= self._limit
         terminated = answered or (out_of_steps and self.step_limit_terminates)
         truncated = out_of_steps and not self.step_limit_terminates
         reward = 0.0
@@ -239,7 +331,19 @@ class ToolMachineEnv(gym.Env):
     @property
     def shown_digits(self) -> tuple[int, ...]:
         """The digits the agent reads (the seed variant draws five, shows fewer)."""
+        if self.stage in EXPRESSION_OPERATORS:
+            return self.digits
         return self.digits[: STAGE_DIGITS[self.stage]]
+
+    @property
+    def step_limit(self) -> int:
+        """The current episode's step limit (its stage's, or the configured ``max_steps``)."""
+        return self._limit
+
+    @property
+    def context(self) -> tuple[int, ...]:
+        """The context tokens the agent reads (digits, and operators at an expression stage)."""
+        return context_tokens(self.stage, self.shown_digits, self.operators)
 
     @property
     def target(self) -> int:
@@ -248,7 +352,7 @@ class ToolMachineEnv(gym.Env):
         For the ``seed`` variant this is *not* what its reward pays (that is one
         stage behind, see ``seed_reward``); accuracy is always against this one.
         """
-        return stage_target(self.stage, self.digits)
+        return stage_target(self.stage, self.digits, self.operators)
 
     def action_mask(self) -> np.ndarray:
         """1 for each tool that can apply now (all ones for the seed variant)."""
@@ -261,7 +365,7 @@ class ToolMachineEnv(gym.Env):
 
     def _observation(self) -> np.ndarray:
         obs = np.empty(self.observation_space.shape, dtype=np.int64)
-        shown = self.shown_digits
+        shown = self.context
         obs[: len(shown)] = shown
         obs[len(shown) : CONTEXT_LEN] = PAD_TOKEN
         obs[CONTEXT_LEN] = self.stage

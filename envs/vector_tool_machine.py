@@ -49,9 +49,31 @@ from gymnasium.vector.utils import batch_space
 
 from envs.analysis import all_contexts, memory_required_contexts
 from envs.batched_rng import PCG64Streams, lemire, take_uint32, to_double
-from envs.machine import ADD, ANS, MEMORY_STAGES, MUL, RCL, STAGE_DIGITS, STO, SUB
-from envs.oracle import general_program
-from envs.tool_machine import CONTEXT_LEN, NUM_STAGES, PAD_TOKEN, START_ACTION, ToolMachineEnv
+from envs.machine import (
+    ADD,
+    ANS,
+    EXPRESSION_OPERATORS,
+    MAX_OPERATORS,
+    MEMORY_STAGES,
+    MUL,
+    OPERATOR_TOKEN,
+    RCL,
+    STAGE_DIGITS,
+    STAGES,
+    STO,
+    SUB,
+    expression_value,
+)
+from envs.oracle import general_path, general_program, longest_oracle_program
+from envs.tool_machine import (
+    CONTEXT_LEN,
+    NUM_STAGES,
+    PAD_TOKEN,
+    START_ACTION,
+    ToolMachineEnv,
+    draw_expression,
+    stage_max_steps,
+)
 
 __all__ = ["GYM_ENV_ID", "ToolMachineVectorEnv", "make_tool_machine", "register_gymnasium_env"]
 
@@ -59,17 +81,23 @@ __all__ = ["GYM_ENV_ID", "ToolMachineVectorEnv", "make_tool_machine", "register_
 #: so ``"envs:toolagent/ToolMachine-v0"`` also works in a fresh process).
 GYM_ENV_ID = "toolagent/ToolMachine-v0"
 
-_NUM_DIGITS = 5  # every task draws (at most) five digits
-_STAGE_DIGITS = np.array([STAGE_DIGITS[s] for s in range(NUM_STAGES)], dtype=np.int64)
+_NUM_DIGITS = 5  # a digit stage's task draws five digits
+_MAX_DIGITS = MAX_OPERATORS + 1  # an expression's digits
+#: Digits read at each digit stage (0 at the expression stages: the task says).
+_STAGE_DIGITS = np.array([STAGE_DIGITS.get(s, 0) for s in STAGES], dtype=np.int64)
+_IS_EXPRESSION = np.isin(np.arange(NUM_STAGES), list(EXPRESSION_OPERATORS))
+_STAGE_MAX_STEPS = np.array([stage_max_steps(s) for s in STAGES], dtype=np.int64)
+_OPERATOR_TOKENS = np.array([OPERATOR_TOKEN[op] for op in sorted(OPERATOR_TOKEN)], dtype=np.int64)
 _STAGE_ID = CONTEXT_LEN
 _PREV_ID = CONTEXT_LEN + 1
 _MASK_ID = CONTEXT_LEN + 2
 # The seed variant's memory slot: empty, "use_d", "ok".
 _SEED_MEM_NONE, _SEED_MEM_USE_D, _SEED_MEM_OK = 0, 1, 2
 # The shaping potential's path (``oracle.general_path``): the machine states the
-# general program (without its ANS) passes through.
-_PATH_LEN = np.array([len(general_program(s)) - 1 for s in range(NUM_STAGES)], dtype=np.int64)
-_PATH_WIDTH = int(_PATH_LEN.max())
+# oracle's program (without its ANS) passes through. The digit stages' are tabled;
+# an expression's is computed at its reset.
+_PATH_LEN = np.array([len(general_program(s)) - 1 if s in STAGE_DIGITS else 0 for s in STAGES], dtype=np.int64)
+_PATH_WIDTH = max(int(_PATH_LEN.max()), *(longest_oracle_program(s) - 1 for s in EXPRESSION_OPERATORS))
 # Info keys at the end of an episode, in the single env's order, with their dtypes
 # (what ``VectorEnv._add_info`` makes of the single env's Python values).
 _END_KEYS = (("target", np.int64), ("answered", np.bool_), ("answer", np.int64), ("correct", np.bool_),
@@ -85,7 +113,7 @@ def _exact_apply(regs: tuple, tool: np.ndarray, digits: np.ndarray, num_digits: 
     reads = applies & ~armed
     # An empty accumulator acts as the tool's identity (1 for MUL, 0 for ADD/SUB).
     acc_value = np.where(acc_set, acc, tool == MUL)
-    digit = digits[np.arange(len(digits)), np.minimum(cursor, _NUM_DIGITS - 1)]
+    digit = digits[np.arange(len(digits)), np.minimum(cursor, digits.shape[1] - 1)]
     left = np.where(armed, mem, acc_value)
     right = np.where(armed, acc_value, digit)
     value = np.where(tool == MUL, left * right, np.where(tool == ADD, left + right, left - right))
@@ -116,7 +144,7 @@ def _path_tables():
     control[2][:] = -1
     values = ([], [])
     offset, place = np.zeros(NUM_STAGES, dtype=np.int64), np.zeros((NUM_STAGES, _NUM_DIGITS), dtype=np.int64)
-    for s in range(NUM_STAGES):
+    for s in STAGE_DIGITS:
         n = STAGE_DIGITS[s]
         contexts = np.zeros((10**n, _NUM_DIGITS), dtype=np.int64)
         contexts[:, :n] = all_contexts(n)
@@ -140,8 +168,8 @@ def _path_tables():
 
 
 def _stage_targets(stages: np.ndarray, digits: np.ndarray) -> np.ndarray:
-    """``machine.stage_target`` for rows of different stages."""
-    a, b, c, d, e = digits.T
+    """``machine.stage_target`` for rows of different digit stages."""
+    a, b, c, d, e = digits[:, :_NUM_DIGITS].T
     return np.choose(stages, [a * b + c, a * b + c - d, (a * b + c) - (d * e), a - b * c, a * b - c * d])
 
 
@@ -211,8 +239,9 @@ class ToolMachineVectorEnv(VectorEnv):
         self._rng_seeds: list[int | None] = [None] * n
         # The task of each env.
         self._stage = np.zeros(n, dtype=np.int64)
-        self._digits = np.zeros((n, _NUM_DIGITS), dtype=np.int64)  # all drawn digits
+        self._digits = np.zeros((n, _MAX_DIGITS), dtype=np.int64)  # all drawn digits
         self._num_digits = np.zeros(n, dtype=np.int64)  # digits the machine reads / the agent sees
+        self._limit = np.zeros(n, dtype=np.int64)  # the episode's step limit
         self._target = np.zeros(n, dtype=np.int64)
         # Registers. Exact: acc, mem (+ "is set"), cursor, armed. Seed: ``acc`` is
         # ``last`` and ``mem`` holds the _SEED_MEM_* code.
@@ -336,7 +365,7 @@ class ToolMachineVectorEnv(VectorEnv):
         else:
             self._seed_apply(action)
         answered = action == ANS
-        out_of_steps = ~answered & (steps >= self.max_steps)
+        out_of_steps = ~answered & (steps >= self._limit)
         if self.step_limit_terminates:
             terminated = answered | out_of_steps
             truncated = np.zeros(n, dtype=bool)
@@ -390,7 +419,7 @@ class ToolMachineVectorEnv(VectorEnv):
     def _seed_apply(self, tool: np.ndarray) -> None:
         """``machine.seed_apply`` on arrays (``_acc`` is ``last``)."""
         last, last_set, mem, stage = self._acc, self._acc_set, self._mem, self._stage
-        a, b, c, d, e = self._digits.T
+        a, b, c, d, e = self._digits[:, :_NUM_DIGITS].T
         stage1 = stage >= 1
         use_d = (stage == 2) & (mem == _SEED_MEM_USE_D)
         mul = tool == MUL
@@ -411,7 +440,7 @@ class ToolMachineVectorEnv(VectorEnv):
     def _seed_reward(self) -> np.ndarray:
         """``machine.seed_reward`` on arrays, with the same float operations in the same order."""
         last, ok, stage = self._acc, self._acc_set, self._stage
-        a, b, c, d, e = self._digits.T
+        a, b, c, d, e = self._digits[:, :_NUM_DIGITS].T
         goal0 = a * b
         goal1 = goal0 + c
         goal2 = goal1 - d
@@ -445,9 +474,10 @@ class ToolMachineVectorEnv(VectorEnv):
 
     # -- resets ---------------------------------------------------------------------------
     def _draw_tasks(self, idx: np.ndarray, options: Mapping[str, Any]):
-        """What ``ToolMachineEnv.reset`` draws for envs ``idx``: ``(stages, digits [k, 5],
-        number of digits drawn)``. Resets with ``options`` take the per-env path."""
-        if "stage" in options or "digits" in options:
+        """What ``ToolMachineEnv.reset`` draws for envs ``idx``: ``(stages, digits [k, 7],
+        number of digits drawn, operators [k, 6], number of operators)``. Resets with
+        ``options``, and envs that drew an expression stage, take the per-env path."""
+        if options.keys() & {"stage", "digits", "operators", "num_operators"}:
             return self._draw_with_generators(idx, options)
         streams = self._streams
         k = len(idx)
@@ -472,39 +502,52 @@ class ToolMachineVectorEnv(VectorEnv):
         )
         values, rejected = lemire(words, bound, count)
         used += used32
+        # An expression stage draws differently: those envs redo it all (stage too) below.
+        rejected |= _IS_EXPRESSION[stages]
         ok = ~rejected
         last = used - 1
         streams.commit(idx[ok], state_hi[rows, last][ok], state_lo[rows, last][ok], has32[ok], buf32[ok])
         digits = values
         if hard is not None:
-            rows_hard = self._hard_table[self._hard_offset[stages] + values[:, 0]]
+            rows_hard = self._hard_table[np.where(hard, self._hard_offset[stages] + values[:, 0], 0)]
             digits = np.where(hard[:, None], rows_hard, values)
+        digits = np.pad(digits, ((0, 0), (0, _MAX_DIGITS - _NUM_DIGITS)))
         lengths = np.full(k, _NUM_DIGITS)
-        if rejected.any():  # rare: redo these envs with numpy's own Generator calls
-            stages[rejected], digits[rejected], lengths[rejected] = self._draw_with_generators(idx[rejected], {})
-        return stages, digits, lengths
+        operators = np.zeros((k, MAX_OPERATORS), dtype=np.int64)
+        num_ops = np.zeros(k, dtype=np.int64)
+        if rejected.any():  # expression stages, and rarely a digit draw: each env's own Generator calls
+            redo = self._draw_with_generators(idx[rejected], {})
+            for out_array, value in zip((stages, digits, lengths, operators, num_ops), redo):
+                out_array[rejected] = value
+        return stages, digits, lengths, operators, num_ops
 
     def _draw_with_generators(self, idx: np.ndarray, options: Mapping[str, Any]):
         """``_draw_tasks`` through each env's own ``Generator`` and the single env's exact
         calls, one env at a time (for resets with ``options`` and rejected draws)."""
         k = len(idx)
         stages = np.empty(k, dtype=np.int64)
-        digits = np.zeros((k, _NUM_DIGITS), dtype=np.int64)
+        digits = np.zeros((k, _MAX_DIGITS), dtype=np.int64)
         lengths = np.full(k, _NUM_DIGITS, dtype=np.int64)
+        operators = np.zeros((k, MAX_OPERATORS), dtype=np.int64)
+        num_ops = np.zeros(k, dtype=np.int64)
         stage = self._proto._check_stage(options["stage"]) if "stage" in options else None
         fixed = tuple(int(x) for x in options["digits"]) if "digits" in options else None
         for j, i in enumerate(idx.tolist()):
             rng = self._generator(i)
             s = int(rng.choice(NUM_STAGES, p=self._weights)) if stage is None else stage
             stages[j] = s
-            if fixed is None:
+            if s in EXPRESSION_OPERATORS:
+                xs, ops = draw_expression(rng, s, options, self.hard_fraction)
+                digits[j, : len(xs)], operators[j, : len(ops)] = xs, ops
+                lengths[j], num_ops[j] = len(xs), len(ops)
+            elif fixed is None:
                 if s in self._hard and rng.random() < self.hard_fraction:
                     table = self._hard[s]
-                    digits[j] = table[rng.integers(len(table))]  # STAGE_DIGITS[s] digits, zero-padded
+                    digits[j, :_NUM_DIGITS] = table[rng.integers(len(table))]  # STAGE_DIGITS[s] digits, zero-padded
                 else:
-                    digits[j] = rng.integers(0, 10, size=5)
+                    digits[j, :_NUM_DIGITS] = rng.integers(0, 10, size=_NUM_DIGITS)
             self._streams.store(i, rng)
-        if fixed is not None:
+        if fixed is not None and not _IS_EXPRESSION[stages].any():
             # The single env would fail only at the episode's end; refuse up front.
             if self._exact:
                 needed = int(_STAGE_DIGITS[stages].max())
@@ -515,16 +558,21 @@ class ToolMachineVectorEnv(VectorEnv):
                 raise ValueError(f"options['digits'] must be {needed} to {_NUM_DIGITS} digits 0-9 here, got {fixed}")
             digits[:, : len(fixed)] = fixed
             lengths[:] = len(fixed)
-        return stages, digits, lengths
+        return stages, digits, lengths, operators, num_ops
 
     def _reset_envs(self, idx: np.ndarray, options: Mapping[str, Any]) -> None:
         """Start a new episode in envs ``idx`` (``ToolMachineEnv.reset``)."""
-        stages, digits, lengths = self._draw_tasks(idx, options)
-        num_digits = np.minimum(lengths, _STAGE_DIGITS[stages])
+        stages, digits, lengths, operators, num_ops = self._draw_tasks(idx, options)
+        expression = _IS_EXPRESSION[stages]
+        num_digits = np.where(expression, num_ops + 1, np.minimum(lengths, _STAGE_DIGITS[stages]))
         self._stage[idx] = stages
         self._digits[idx] = digits
         self._num_digits[idx] = num_digits
-        self._target[idx] = _stage_targets(stages, digits)
+        self._limit[idx] = self._proto.fixed_max_steps or _STAGE_MAX_STEPS[stages]
+        targets = _stage_targets(np.where(expression, 0, stages), digits)
+        for j in np.flatnonzero(expression).tolist():
+            targets[j] = expression_value(digits[j, : num_digits[j]], operators[j, : num_ops[j]])
+        self._target[idx] = targets
         self._acc[idx] = 0
         self._acc_set[idx] = False
         self._mem[idx] = 0
@@ -533,17 +581,41 @@ class ToolMachineVectorEnv(VectorEnv):
         self._armed[idx] = False
         self._steps[idx] = 0
         self._prev_action[idx] = START_ACTION
+        context = np.full((len(idx), CONTEXT_LEN), PAD_TOKEN, dtype=np.int64)
+        context[:, :_NUM_DIGITS] = np.where(np.arange(_NUM_DIGITS) < num_digits[:, None], digits[:, :_NUM_DIGITS],
+                                            PAD_TOKEN)
+        if expression.any():
+            # x0 o1 x1 ... ok xk, then padding
+            tokens = np.empty((len(idx), 2 * MAX_OPERATORS + 1), dtype=np.int64)
+            tokens[:, 0::2] = digits
+            tokens[:, 1::2] = _OPERATOR_TOKENS[operators]
+            tokens = np.where(np.arange(tokens.shape[1]) < 2 * num_ops[:, None] + 1, tokens, PAD_TOKEN)
+            context[expression, : tokens.shape[1]] = tokens[expression]
         obs = self._obs
-        obs[idx, :CONTEXT_LEN] = np.where(np.arange(CONTEXT_LEN) < num_digits[:, None], digits, PAD_TOKEN)
+        obs[idx, :CONTEXT_LEN] = context
         obs[idx, _STAGE_ID] = stages
         if self.shaping:
-            # Each new context's path, looked up.
+            # Each new context's path: looked up for a digit stage ...
             offset, place, (acc_set, mem_set, cursor, armed), acc, mem = _path_tables()
-            row = offset[stages] + (digits * place[stages]).sum(axis=1)
-            for path, table in zip(self._path, (acc[row], acc_set[stages], mem[row], mem_set[stages],
-                                                cursor[stages], armed[stages])):
+            digit_stages = np.where(expression, 0, stages)
+            row = offset[digit_stages] + (digits[:, :_NUM_DIGITS] * place[digit_stages]).sum(axis=1)
+            for path, table in zip(self._path, (acc[row], acc_set[digit_stages], mem[row], mem_set[digit_stages],
+                                                cursor[digit_stages], armed[digit_stages])):
                 path[idx] = table
             self._path_len[idx] = _PATH_LEN[stages]
+            # ... computed for an expression (its program depends on the operators)
+            for j in np.flatnonzero(expression).tolist():
+                states = general_path(int(stages[j]), digits[j, : num_digits[j]].tolist(),
+                                      operators[j, : num_ops[j]].tolist())
+                i = idx[j]
+                for path in self._path:
+                    path[i] = 0
+                self._path[4][i] = -1  # cursor -1 past the path's end: a state no machine is in
+                for t, st in enumerate(states):
+                    for path, value in zip(self._path, (st.acc or 0, st.acc is not None, st.mem or 0,
+                                                        st.mem is not None, st.cursor, st.armed)):
+                        path[i, t] = value
+                self._path_len[i] = len(states)
             self._phi[idx] = self._progress(idx)
 
     def _observation(self) -> np.ndarray:

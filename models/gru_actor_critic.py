@@ -3,9 +3,16 @@
 How it reads the flat observation (offsets come from ``model_config``, so this
 module knows RLModule but not the env):
 
-* the context tokens are embedded and *concatenated in order* (so position
-  matters: ``a*b+c`` is not ``b*c+a``), joined with a stage embedding and
-  encoded into context features ``x``;
+* the context tokens are read in order into context features ``x``, joined with a
+  stage embedding. ``context_encoder="concat"`` (default): the token embeddings
+  concatenated and passed through a layer (position matters: ``a*b+c`` is not
+  ``b*c+a``; one weight per position, so it cannot read past the longest context
+  it trained on). ``"gru"``: a GRU over the tokens up to the first padding token,
+  its last output (the same weights at every position: a reader for expressions of
+  any length);
+* with ``context_attention`` (``"gru"`` only), every step also reads an attention
+  over the context GRU's per-token outputs, queried by the previous hidden state:
+  the agent can point at the token it is working on instead of remembering them all;
 * at an episode's first step (previous action == the start token) the hidden
   state is set to ``tanh(W x)``: a context-dependent initial state, computed
   inside the module because RLlib's initial state is constant;
@@ -43,6 +50,8 @@ from ray.rllib.utils.annotations import override
 from torch import nn
 
 MASKED_LOGIT = -1e9
+#: How the context tokens are read (``context_encoder`` in ``model_config``).
+CONTEXT_ENCODERS = ("concat", "gru")
 
 #: model_config keys the module needs; the app fills them from the env's layout.
 REQUIRED_KEYS = (
@@ -61,6 +70,7 @@ REQUIRED_KEYS = (
 POLICY_LAYERS = (
     "context_embedding",
     "stage_embedding",
+    "context_reader",
     "context_encoder",
     "initial_state",
     "action_embedding",
@@ -72,8 +82,11 @@ POLICY_LAYERS = (
 class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, InferenceOnlyAPI):
     """Stage-aware GRU actor-critic. ``model_config``: the layout keys in
     ``REQUIRED_KEYS`` plus ``hidden_size`` (128), ``embed_dim`` (32),
-    ``context_every_step`` (False) and ``max_seq_len`` (RLlib needs it for
-    stateful modules)."""
+    ``context_every_step`` (False), ``context_encoder`` ("concat" | "gru"),
+    ``context_attention`` (False), ``context_read_len`` (concat: the context positions
+    it reads, default all), ``pad_token`` (default ``context_vocab - 1``),
+    ``stage_embedding_rows`` (the stage embedding row of each stage; default one per
+    stage) and ``max_seq_len`` (RLlib needs it for stateful modules)."""
 
     @override(TorchRLModule)
     def setup(self):
@@ -86,16 +99,39 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Infe
         embed = int(cfg.get("embed_dim", 32))
         self._hidden_size = hidden
         self._context_every_step = bool(cfg.get("context_every_step", False))
+        self._encoder_kind = cfg.get("context_encoder", "concat")
+        if self._encoder_kind not in CONTEXT_ENCODERS:
+            raise ValueError(f"context_encoder must be one of {list(CONTEXT_ENCODERS)}, got {self._encoder_kind!r}")
+        self._attention = bool(cfg.get("context_attention", False))
+        if self._attention and self._encoder_kind != "gru":
+            raise ValueError("context_attention needs context_encoder='gru' (it attends over the GRU's outputs)")
+        self._pad_token = int(cfg.get("pad_token", self._layout["context_vocab"] - 1))
         n_ctx = self._layout["context_len"]
         n_act = self._layout["num_actions"]
+        # concat: the positions it has weights for (the longest context the run trains on);
+        # a wider observation's further positions are padding it never reads
+        self._read_len = int(cfg.get("context_read_len", n_ctx))
+        if not 1 <= self._read_len <= n_ctx:
+            raise ValueError(f"context_read_len must be in 1..{n_ctx}, got {self._read_len}")
 
         self.context_embedding = nn.Embedding(self._layout["context_vocab"], embed)
-        self.stage_embedding = nn.Embedding(self._layout["num_stages"], embed)
-        self.context_encoder = nn.Sequential(nn.Linear((n_ctx + 1) * embed, hidden), nn.Tanh())
+        # Stages may share an embedding row: the expression stages differ only in length,
+        # which the context shows, and a held-out longer stage must not meet an untrained row.
+        rows = [int(r) for r in cfg.get("stage_embedding_rows", range(self._layout["num_stages"]))]
+        if len(rows) != self._layout["num_stages"] or min(rows) < 0:
+            raise ValueError(f"stage_embedding_rows must give one row >= 0 per stage, got {rows}")
+        self.register_buffer("_stage_rows", torch.tensor(rows), persistent=False)
+        self.stage_embedding = nn.Embedding(max(rows) + 1, embed)
+        if self._encoder_kind == "concat":
+            self.context_encoder = nn.Sequential(nn.Linear((self._read_len + 1) * embed, hidden), nn.Tanh())
+        else:
+            self.context_reader = nn.GRU(embed, hidden, batch_first=True)
+            self.context_encoder = nn.Sequential(nn.Linear(hidden + embed, hidden), nn.Tanh())
         self.initial_state = nn.Linear(hidden, hidden)
         # +1: the start token is an input but never an output.
         self.action_embedding = nn.Embedding(n_act + 1, embed)
-        self.gru = nn.GRUCell(embed + (hidden if self._context_every_step else 0), hidden)
+        step_input = embed + (hidden if self._context_every_step else 0) + (hidden if self._attention else 0)
+        self.gru = nn.GRUCell(step_input, hidden)
         self.policy_head = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, n_act))
         self.value_head = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1))
 
@@ -127,7 +163,7 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Infe
 
     # -- target network (APPO) ------------------------------------------------------------
     def _policy_layers(self) -> nn.ModuleDict:
-        return nn.ModuleDict({name: getattr(self, name) for name in POLICY_LAYERS})
+        return nn.ModuleDict({name: getattr(self, name) for name in POLICY_LAYERS if hasattr(self, name)})
 
     @override(TargetNetworkAPI)
     def make_target_networks(self) -> None:
@@ -163,9 +199,20 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Infe
         mask = obs[..., lay["mask_index"] : lay["mask_index"] + lay["num_actions"]]
 
         B, T = prev_action.shape
-        tokens = torch.cat(
-            [net.context_embedding(context).flatten(-2), net.stage_embedding(stage)], dim=-1
-        )
+        if self._encoder_kind == "concat":
+            embedded = net.context_embedding(context[..., : self._read_len])  # [B, T, C, E]
+            tokens = torch.cat([embedded.flatten(-2), net.stage_embedding(self._stage_rows[stage])], dim=-1)
+        else:
+            # Each distinct context is read once (a batch repeats each episode's context at
+            # every step); padding only trails it, so the read ends at its last real token.
+            C = context.shape[-1]
+            distinct, which = torch.unique(context.reshape(B * T, C), dim=0, return_inverse=True)
+            read, _ = net.context_reader(net.context_embedding(distinct))  # [U, C, H]
+            length = (distinct != self._pad_token).sum(-1).clamp(min=1)  # [U]
+            last = read[torch.arange(len(distinct)), length - 1][which].reshape(B, T, -1)
+            tokens = torch.cat([last, net.stage_embedding(self._stage_rows[stage])], dim=-1)
+            real = torch.arange(C) < length[:, None]  # [U, C]
+            which = which.reshape(B, T)
         context_features = net.context_encoder(tokens)  # [B, T, H]
         step_inputs = net.action_embedding(prev_action)
         if self._context_every_step:
@@ -177,6 +224,14 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Infe
         outputs = []
         for t in range(T):
             h = torch.where(starts[:, t], initial[:, t], h)
-            h = net.gru(step_inputs[:, t], h)
+            x = step_inputs[:, t]
+            if self._attention:
+                # which token to look at, from where the agent is now (gathered per step from
+                # the distinct reads: cheap to differentiate, unlike slicing a [B, T, C, H] copy)
+                keys = read[which[:, t]]  # [B, C, H]
+                scores = torch.einsum("bch,bh->bc", keys, h) / self._hidden_size**0.5
+                weights = torch.softmax(scores.masked_fill(~real[which[:, t]], -1e9), dim=-1)
+                x = torch.cat([x, torch.einsum("bc,bch->bh", weights, keys)], dim=-1)
+            h = net.gru(x, h)
             outputs.append(h)
         return torch.stack(outputs, dim=1), {"h": h}, mask

@@ -18,6 +18,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.tune.registry import register_env
 
 from envs import ToolMachineEnv, make_tool_machine, observation_layout
+from envs.tool_machine import stage_context_len, stage_max_steps
 from models import ToolAgentGRUModule
 from rllib_app.a2c import A2C, A2CConfig
 from rllib_app.config import TrainConfig
@@ -32,8 +33,9 @@ from rllib_app.self_imitation import (
 
 ENV_NAME = "toolagent-ToolMachine-v0"
 MODULE_ID = "default_policy"
-#: Longest episode is max_steps (12) plus the extra observation RLlib keeps.
-MAX_SEQ_LEN = 16
+#: Sequence length of the learner's batches: at least this (what stages 0-2 were measured
+#: with), and the longest trained episode plus the extra observation RLlib keeps.
+MIN_SEQ_LEN = 16
 CURRICULUM_STATE_KEY = "toolagent_curriculum"
 
 
@@ -41,6 +43,12 @@ def register_tool_machine() -> None:
     # make_tool_machine: a single env, or with "num_envs" in the config (RLlib's
     # vector_entry_point mode) the numpy ToolMachineVectorEnv.
     register_env(ENV_NAME, make_tool_machine)
+
+
+def max_seq_len(cfg: TrainConfig) -> int:
+    env = ToolMachineEnv(cfg.env_config())
+    longest = env.fixed_max_steps or max(stage_max_steps(s) for s in cfg.trained_stages())
+    return max(MIN_SEQ_LEN, longest + 1)
 
 
 def module_spec(cfg: TrainConfig) -> RLModuleSpec:
@@ -53,7 +61,12 @@ def module_spec(cfg: TrainConfig) -> RLModuleSpec:
             **observation_layout(),
             "hidden_size": cfg.hidden_size,
             "context_every_step": cfg.context_every_step,
-            "max_seq_len": MAX_SEQ_LEN,
+            "context_encoder": cfg.context_encoder,
+            "context_attention": cfg.context_attention,
+            # what the concat encoder has weights for: the longest trained context (5 for
+            # stages 0-2, as before expressions widened the observation to 13)
+            "context_read_len": max(stage_context_len(s) for s in cfg.trained_stages()),
+            "max_seq_len": max_seq_len(cfg),
         },
     )
 

@@ -26,6 +26,7 @@ import signal
 import sys
 
 from envs import NUM_STAGES, SPEC_STAGES
+from envs.machine import EXPRESSION_OPERATORS, MAX_OPERATORS
 from rllib_app import ablate, bench, sweep
 from rllib_app.checkpoints import CheckpointError, read_run_info, resolve_checkpoint
 from rllib_app.config import TrainConfig, UsageError
@@ -63,6 +64,12 @@ def _at_least(minimum: int, what: str):
 
 
 _positive = _at_least(1, "a positive integer")
+
+
+def _operators(text: str) -> int:
+    if text.strip() not in {str(k) for k in range(1, MAX_OPERATORS + 1)}:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an operator count; allowed: 1..{MAX_OPERATORS}")
+    return int(text)
 #: Seeds: gymnasium refuses negative ones with a traceback.
 _seed = _at_least(0, "a seed (an integer >= 0)")
 
@@ -96,7 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("checkpoint", help="a checkpoint directory, or a 'toolagent train' output directory")
     ev.add_argument("--episodes", type=_positive, default=1000, help="fresh episodes per stage (default: 1000)")
     ev.add_argument("--stages", type=_stage_list, default=list(SPEC_STAGES),
-                    help="comma-separated stages; 3 and 4 are the memory drills (default: 0,1,2)")
+                    help="comma-separated stages; 3 and 4 are the memory drills, 5-9 the expression stages "
+                    "(default: 0,1,2)")
+    ev.add_argument("--max-operators", type=_operators, default=0, metavar="K",
+                    help=f"also evaluate expressions of exactly 1, 2, ..., K operators (K in 1..{MAX_OPERATORS}), "
+                    "rows 1op..Kop, each marked trained or held out: the length-generalisation report")
     ev.add_argument("--seed", type=_seed, default=0, help="seed of the evaluation episodes (default: 0)")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.add_argument("--episodes-out", metavar="FILE.parquet", default=None,
@@ -191,6 +202,19 @@ def writable_file(path: str, flag: str, suffix: str) -> pathlib.Path:
     return p
 
 
+def trained_operator_counts(train_config: dict) -> set[int]:
+    """The operator counts of the expression stages a run trained on (its stage path or
+    fixed stages, as saved in the checkpoint's run info)."""
+    from rllib_app.config import TrainConfig
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    try:
+        stages = TrainConfig(**{k: v for k, v in train_config.items() if k in known}).trained_stages()
+    except Exception:  # an old or partial run info: nothing known to be trained
+        return set()
+    return {k for s in stages for k in EXPRESSION_OPERATORS.get(s, ())}
+
+
 def _check_stages(stages, env_config) -> None:
     """The checkpoint's task rules decide which stages exist (the seed variant: 0-2)."""
     variant = (env_config or {}).get("variant", "exact")
@@ -204,13 +228,21 @@ def _check_stages(stages, env_config) -> None:
 def _cmd_eval(args) -> int:
     resolve_checkpoint(args.checkpoint)
     episodes_out = writable_file(args.episodes_out, "--episodes-out", ".parquet") if args.episodes_out else None
-    from rllib_app.evaluate import accuracy_report, evaluate_rows, load_module, write_episodes
+    from rllib_app.evaluate import accuracy_report, evaluate_rows, load_module, operator_rows, write_episodes
 
     module, info = load_module(args.checkpoint)
     env_config = info.get("env_config")
     _check_stages(args.stages, env_config)
+    if args.max_operators and (env_config or {}).get("variant", "exact") == "seed":
+        raise UsageError("--max-operators: this checkpoint was trained on the seed variant, which has no expressions")
     rows = evaluate_rows(module, args.stages, args.episodes, env_config=env_config, seed=args.seed)
+    if args.max_operators:
+        rows.update(operator_rows(module, args.max_operators, args.episodes, env_config=env_config, seed=args.seed))
     report = accuracy_report(rows)
+    trained = trained_operator_counts(info.get("train_config", {}))
+    for row, r in report.items():
+        if row.endswith("op"):
+            r["trained"] = int(row[:-2]) in trained
     if episodes_out is not None:
         meta = {"checkpoint": str(resolve_checkpoint(args.checkpoint)[0]), "episodes_per_row": args.episodes,
                 "seed": args.seed, "env_config": env_config or {}}
@@ -225,9 +257,13 @@ def _cmd_eval(args) -> int:
     else:
         print(f"{'stage':>5}  {'accuracy':>8}  {'mean return':>11}  {'episodes':>8}")
         for row, r in report.items():
-            print(f"{row:>5}  {r['accuracy']:8.3f}  {r['mean_return']:11.3f}  {r['episodes']:8d}")
+            mark = "" if "trained" not in r else "  trained" if r["trained"] else "  held out"
+            print(f"{row:>5}  {r['accuracy']:8.3f}  {r['mean_return']:11.3f}  {r['episodes']:8d}{mark}")
         if any(row.endswith("m") for row in report):
             print("(2m: stage 2 on its memory-required contexts, the ones no program without STO/RCL solves)")
+        if args.max_operators:
+            print("(Kop: expressions of exactly K operators; trained = a stage on the run's curriculum draws K, "
+                  "whether or not the curriculum got there; held out = none does)")
     return 0
 
 

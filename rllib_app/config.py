@@ -23,6 +23,9 @@ from typing import Any, Optional, get_type_hints
 from envs import VARIANTS
 from rllib_app.schedules import DRILL_PATH, SCHEDULES, SPEC_PATH, TUTORIAL_STAGES, CurriculumSettings
 
+#: ``models.gru_actor_critic.CONTEXT_ENCODERS`` (not imported: it would load torch for every CLI command).
+CONTEXT_ENCODERS = ("concat", "gru")
+
 ALGOS = ("impala", "a2c", "ppo", "appo")
 _DRILL_EXAMPLE = ",".join(map(str, DRILL_PATH))
 
@@ -124,7 +127,8 @@ class TrainConfig:
     stage_path: str = flag(
         ",".join(map(str, SPEC_PATH)),
         f"threshold/progress schedules: the stages in training order; {_DRILL_EXAMPLE} adds the memory drills "
-        "a-b*c (3) and a*b-c*d (4) before stage 2",
+        "a-b*c (3) and a*b-c*d (4) before stage 2; 5-9 are the expression stages (1-2, 3, 4, 5, 6 operators), "
+        "e.g. 0,1,2,5,6,7 trains up to 4 operators",
     )
     promotion_accuracy: float = flag(0.95, "threshold schedule: sampled accuracy that promotes the stage", minimum=0, maximum=1, strict_min=True)
     accuracy_window: int = flag(500, "threshold schedule: episodes the sampled accuracy is measured over", minimum=1)
@@ -160,6 +164,13 @@ class TrainConfig:
     hidden_size: int = flag(128, "GRU hidden size", minimum=1)
     context_every_step: bool = flag(
         False, "feed the context features to the GRU at every step, not only into its initial state"
+    )
+    context_encoder: str = flag(
+        "concat", "how the module reads the context tokens: 'concat' (embeddings side by side, one weight per "
+        "position) or 'gru' (a GRU over the tokens: reads expressions of any length)", choices=CONTEXT_ENCODERS,
+    )
+    context_attention: bool = flag(
+        False, "with --context-encoder gru: each step also attends over the context GRU's per-token outputs"
     )
     # -- stopping, evaluation, output ---------------------------------------------------------------
     target_accuracy: float = flag(0.99, "stop when greedy accuracy on every stage reaches this", minimum=0, maximum=1)
@@ -219,6 +230,8 @@ class TrainConfig:
                     f"--{name.replace('_', '-')} {value!r} must name a custom resource (letters, digits, _), "
                     "e.g. rollout_node or learner_node; not CPU, GPU or memory"
                 )
+        if self.context_attention and self.context_encoder != "gru":
+            raise UsageError("--context-attention attends over the context GRU's outputs; add --context-encoder gru")
         if self.variant == "seed":
             from envs import SPEC_STAGES
 

@@ -15,9 +15,11 @@ gets wrong::
 Columns (in this order):
 
     row      string        the eval row: "2" = stage 2 on uniform contexts, "2m" = on
-                           its memory-required contexts (as ``toolagent eval`` reports)
-    stage    int64         0-4
-    context  list<int64>   the digits the agent read, in order
+                           its memory-required contexts, "3op" = expressions of 3
+                           operators (as ``toolagent eval`` reports)
+    stage    int64         0-9
+    context  list<int64>   the tokens the agent read, in order: digits 0-9 and, at an
+                           expression stage (5-9), operators MUL=10, ADD=11, SUB=12
     target   int64         the stage's stated target for this context
     tools    list<string>  the tool tokens it took, in order (MUL ADD SUB STO RCL ANS)
     answer   int64, null   the value it submitted; null if it never said ANS
@@ -47,6 +49,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from envs import ACTION_NAMES, MEMORY_STAGES, SPEC_STAGES
+from envs.machine import OPERATOR_STAGE
 from envs.tool_machine import CONTEXT_LEN, PAD_TOKEN
 from envs.vector_tool_machine import ToolMachineVectorEnv
 from rllib_app.checkpoints import CheckpointError, read_run_info, resolve_checkpoint, write_parquet_atomic
@@ -59,6 +62,8 @@ if TYPE_CHECKING:
 EVAL_SEED_OFFSET = 1_000_003
 #: Report key of a memory stage's memory-required contexts (``"2m"``).
 MEMORY_REQUIRED_SUFFIX = "m"
+#: Report key of expressions with k operators (``"3op"``).
+OPERATOR_SUFFIX = "op"
 
 #: One row per evaluated episode; the module docstring says what each column means.
 EPISODES_SCHEMA = pa.schema(
@@ -136,16 +141,19 @@ def rollout(
     seed: int = 0,
     greedy: bool = True,
     label: str | None = None,
+    num_operators: int | None = None,
 ) -> list[Episode]:
     """Run ``episodes`` fresh episodes of ``stage`` in lockstep on one
     ``ToolMachineVectorEnv``, one batched forward pass per step. Episode ``i`` is
     ``ToolMachineEnv(env_config).reset(seed=seed + i, options={"stage": stage})``
-    played out (the vector env is bit for bit those single envs)."""
+    played out (the vector env is bit for bit those single envs); ``num_operators``
+    (expression stages) fixes the operator count."""
     import torch
     from ray.rllib.core.columns import Columns
 
     env = ToolMachineVectorEnv(env_config, num_envs=episodes)
-    obs, _ = env.reset(seed=seed, options={"stage": stage})
+    options = {"stage": stage} if num_operators is None else {"stage": stage, "num_operators": num_operators}
+    obs, _ = env.reset(seed=seed, options=options)
     shown = [tuple(int(t) for t in row if t != PAD_TOKEN) for row in obs[:, :CONTEXT_LEN]]
     state = {k: torch.as_tensor(np.asarray(v))[None].repeat(episodes, 1) for k, v in module.get_initial_state().items()}
     actions = np.zeros((env.max_steps, episodes), dtype=np.int64)
@@ -215,6 +223,25 @@ def evaluate_rows(
                 seed=seed + EVAL_SEED_OFFSET * offset, label=key,
             )
     return rows
+
+
+def operator_rows(
+    module: RLModule,
+    max_operators: int,
+    episodes: int = 1000,
+    *,
+    env_config: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> dict[str, list[Episode]]:
+    """``{"1op": episodes, ...}``: greedy episodes of expressions with exactly k operators,
+    k = 1 .. ``max_operators``, each at the expression stage that draws k."""
+    return {
+        f"{k}{OPERATOR_SUFFIX}": rollout(
+            module, OPERATOR_STAGE[k], episodes, env_config=env_config, seed=seed + EVAL_SEED_OFFSET * (20 + k),
+            label=f"{k}{OPERATOR_SUFFIX}", num_operators=k,
+        )
+        for k in range(1, max_operators + 1)
+    }
 
 
 def accuracy_report(rows: dict[str, list[Episode]]) -> dict[str, dict[str, float | int]]:

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from conftest import run_cli
+from envs import CONTEXT_LEN
 from rllib_app import baseline, bench
 
 MILESTONES = ("stage 0", "stages 0-1", "stages 0-2")
@@ -90,7 +91,7 @@ def test_baseline_greedy_evaluation_matches_the_rows_of_toolagent_eval():
     for row, stage in (("1", 1), ("2m", 2)):
         env, _ = evaluator._env(row)
         obs, _ = env.reset(seed=5)
-        assert (obs[:, 5] == stage).all()
+        assert (obs[:, CONTEXT_LEN] == stage).all()
     hard = {tuple(c) for c in memory_required_contexts(2).tolist()}
     env, _ = evaluator._env("2m")
     obs, _ = env.reset(seed=5)

@@ -2,20 +2,21 @@
 
 import pytest
 
+from envs import NUM_STAGES
 from rllib_app.schedules import Curriculum, CurriculumSettings
 
 
 def test_threshold_promotes_after_a_full_window_at_the_threshold():
     cur = Curriculum(CurriculumSettings(promotion_accuracy=0.9, window=100, replay_probability=0.2))
-    assert cur.stage_weights() == [1.0, 0.0, 0.0, 0.0, 0.0]
+    assert cur.stage_weights() == [1.0] + [0.0] * (NUM_STAGES - 1)
     assert not cur.update({0: (60, 60)})  # accurate, but the window is not full yet
     assert cur.update({0: (60, 55)})  # 115/120 episodes >= 0.9 -> stage 1
     assert cur.stage == 1 and cur.promotions == [(2, 1)]
-    assert cur.stage_weights() == pytest.approx([0.2, 0.8, 0.0, 0.0, 0.0])
+    assert cur.stage_weights() == pytest.approx([0.2, 0.8] + [0.0] * (NUM_STAGES - 2))
     assert not cur.update({0: (20, 20), 1: (100, 50)})
     assert not cur.update({1: (50, 50)})  # window: 150 most recent episodes at 0.67
     assert cur.update({1: (50, 50)})  # the failing iteration left the window
-    assert cur.stage == 2 and cur.stage_weights() == pytest.approx([0.1, 0.1, 0.8, 0.0, 0.0])
+    assert cur.stage == 2 and cur.stage_weights() == pytest.approx([0.1, 0.1, 0.8] + [0.0] * (NUM_STAGES - 3))
     assert not cur.update({2: (1000, 1000)})  # last stage: stays
     assert cur.stage == 2
 
@@ -28,7 +29,7 @@ def test_threshold_follows_the_stage_path_through_the_drills():
         visited.append(cur.stage)
     assert visited == [0, 1, 3, 4, 2]
     # replay spreads over every stage trained before the current one
-    assert cur.stage_weights() == pytest.approx([0.075, 0.075, 0.7, 0.075, 0.075])
+    assert cur.stage_weights() == pytest.approx([0.075, 0.075, 0.7, 0.075, 0.075] + [0.0] * (NUM_STAGES - 5))
     assert not cur.update({2: (10, 10)})
 
 
@@ -78,7 +79,7 @@ def _progress(**kw):
 
 def test_progress_teacher_starts_uniform_over_the_path():
     cur = _progress(path=(0, 1, 2))
-    assert cur.stage_weights() == pytest.approx([1 / 3, 1 / 3, 1 / 3, 0.0, 0.0])
+    assert cur.stage_weights() == pytest.approx([1 / 3, 1 / 3, 1 / 3] + [0.0] * (NUM_STAGES - 3))
     assert cur.learning_progress(0) is None
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SMALL, run_cli
+from envs import NUM_STAGES
 from rllib_app.checkpoints import (
     KILL_IN_SAVE_ENV,
     MODULE_SUBDIR,
@@ -179,7 +180,7 @@ def test_a_killed_env_runner_comes_back_with_the_stage_and_training_goes_on(loca
 
     cfg = TrainConfig(num_env_runners=num_env_runners, schedule="fixed", fixed_stages="0,2",
                       iterations_per_stage_entry=1, **SMALL).validate()
-    stage_2 = [0.2, 0, 0.8, 0, 0]  # not what a fresh runner's envs start with ([1, 0, 0, 0, 0])
+    stage_2 = [0.2, 0, 0.8] + [0] * (NUM_STAGES - 3)  # not what a fresh runner's envs start with ([1, 0, ...])
     algo = build_config(cfg).build_algo()
     try:
         result = algo.train()

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SMALL, run_cli
+from envs import NUM_STAGES
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +39,7 @@ def test_train_then_eval_and_explain_from_the_command_line(tmp_path):
     assert [r["iteration"] for r in rows] == [1, 2, 3]
     assert [r["greedy_accuracy_2m"] is not None for r in rows] == [False, False, True]
     assert rows[-1]["greedy_accuracy_2m"] == summary["accuracy"]["2m"] and rows[-1]["env_steps"] == summary["env_steps"]
-    assert all(r["env_steps"] > 0 and r["stage"] == 0 and len(r["stage_weights"]) == 5 for r in rows)
+    assert all(r["env_steps"] > 0 and r["stage"] == 0 and len(r["stage_weights"]) == NUM_STAGES for r in rows)
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
     proc = run_cli("eval", str(out), "--episodes", "50", "--seed", "3", "--json", timeout=120)
@@ -57,6 +58,30 @@ def test_train_then_eval_and_explain_from_the_command_line(tmp_path):
     lines = proc.stdout.strip().splitlines()
     assert lines[1].split() == ["context", "target", "tools", "answer", "correct"]
     assert len(lines) == 5 and all(len(line.split()[0:4]) == 4 for line in lines[2:])
+
+
+def test_a_module_trained_on_expressions_runs_on_every_stage_and_operator_count(tmp_path):
+    """Two iterations of A2C through the expression stages with the GRU reader and
+    attention; then greedy episodes of every stage 0-9 and of 1-6 operators."""
+    out = tmp_path / "run"
+    proc = run_cli(
+        "train", "--algo", "a2c", "--stage-path", "0,1,2,5,6,7", "--context-encoder", "gru", "--context-attention",
+        "--max-iterations", "2", "--eval-interval", "2", "--eval-episodes", "20", "--num-envs-per-env-runner", "8",
+        "--train-batch-size-per-learner", "128", "--hidden-size", "32", "--output", str(out),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["accuracy"]) == {"0", "1", "2", "2m", "5", "6", "7"}
+    proc = run_cli("eval", str(out), "--stages", ",".join(map(str, range(NUM_STAGES))), "--max-operators", "6",
+                   "--episodes", "30", "--json", timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])["stages"]
+    assert set(report) == {*map(str, range(NUM_STAGES)), "2m", "3m", "4m", *(f"{k}op" for k in range(1, 7))}
+    assert all(r["episodes"] == 30 and 0.0 <= r["accuracy"] <= 1.0 for r in report.values())
+    # stages 5-7 draw 1-4 operators: trained; 5 and 6 operators are held out
+    assert [report[f"{k}op"]["trained"] for k in range(1, 7)] == [True] * 4 + [False] * 2
+    proc = run_cli("eval", str(out), "--max-operators", "7", timeout=60)
+    assert proc.returncode == 2 and "'7' is not an operator count; allowed: 1..6" in proc.stderr
 
 
 def _build(cfg):
@@ -86,12 +111,12 @@ def test_curriculum_reaches_every_env_of_every_runner(local_ray, native_vector_e
         per_runner = [w for w in _env_weights(algo) if w is not None]
         # gymnasium's loop: 4 single envs per runner; native: one vector env of 4 machines
         assert len(per_runner) == 2 and all(len(w) == (1 if native_vector_env else 4) for w in per_runner)
-        assert all(np.allclose(env, [1, 0, 0, 0, 0]) for w in per_runner for env in w)
+        assert all(np.allclose(env, np.eye(NUM_STAGES)[0]) for w in per_runner for env in w)
         result = algo.train()
         assert result["curriculum"]["stage"] == 2
         per_runner = [w for w in _env_weights(algo) if w is not None]
         assert len(per_runner) == 2
-        assert all(np.allclose(env, [0.2, 0, 0.8, 0, 0]) for w in per_runner for env in w)
+        assert all(np.allclose(env, [0.2, 0, 0.8] + [0] * (NUM_STAGES - 3)) for w in per_runner for env in w)
         counts = {}
         for _ in range(3):
             runners = algo.train()["env_runners"]
@@ -138,7 +163,7 @@ def test_checkpoint_restore_keeps_weights_and_stage(local_ray, tmp_path):
         assert again.keys() == weights.keys()
         for k in weights:
             np.testing.assert_array_equal(np.asarray(again[k]), np.asarray(weights[k]))
-        assert all(np.allclose(env, [0.2, 0.8, 0, 0, 0]) for env in _env_weights(restored)[0])
+        assert all(np.allclose(env, [0.2, 0.8] + [0] * (NUM_STAGES - 2)) for env in _env_weights(restored)[0])
         assert restored.train()["curriculum"]["stage"] == 1
     finally:
         restored.stop()

@@ -5,7 +5,7 @@ import pytest
 import torch
 from ray.rllib.core.columns import Columns
 
-from envs import ANS, MUL, ToolMachineEnv, general_program, observation_layout
+from envs import ADD, ANS, MUL, PAD_TOKEN, SUB, ToolMachineEnv, general_program, observation_layout
 from models import ToolAgentGRUModule
 
 
@@ -19,10 +19,13 @@ def make_module(**extra):
     )
 
 
-def episode_observations(stage, digits, program):
+def episode_observations(stage, digits, program, operators=None):
     """Observations an agent sees while playing ``program``: [T, D]."""
     env = ToolMachineEnv({"action_mask": True})
-    obs, _ = env.reset(seed=0, options={"stage": stage, "digits": digits})
+    options = {"stage": stage, "digits": digits}
+    if operators is not None:
+        options["operators"] = operators
+    obs, _ = env.reset(seed=0, options=options)
     seq = [obs]
     for tool in program[:-1]:
         obs, *_ = env.step(tool)
@@ -67,12 +70,67 @@ def test_each_row_of_a_batch_sees_its_own_context(context_every_step):
     assert not torch.allclose(logits[0], logits[1])
 
 
-def test_context_order_matters():
-    module = make_module()
+ENCODERS = [{}, {"context_encoder": "gru"}, {"context_encoder": "gru", "context_attention": True}]
+
+
+@pytest.mark.parametrize("encoder", ENCODERS, ids=["concat", "gru", "gru+attention"])
+def test_context_order_matters(encoder):
+    module = make_module(**encoder)
     a = torch.as_tensor(episode_observations(0, (2, 3, 4), [ANS]))[None]
     b = torch.as_tensor(episode_observations(0, (4, 3, 2), [ANS]))[None]
     out = [module.forward_inference({Columns.OBS: x, Columns.STATE_IN: initial_state(module, 1)}) for x in (a, b)]
     assert not torch.allclose(out[0][Columns.ACTION_DIST_INPUTS], out[1][Columns.ACTION_DIST_INPUTS])
+    # the spec's example: a mean of token embeddings cannot tell these two apart
+    two = [episode_observations(5, digits, [MUL, ANS], operators=ops) for digits, ops in
+           (((2, 3, 4), (SUB, MUL)), ((2, 3, 4), (MUL, SUB)))]
+    out = [module.forward_inference({Columns.OBS: torch.as_tensor(x)[None], Columns.STATE_IN: initial_state(module, 1)})
+           for x in two]
+    assert not torch.allclose(out[0][Columns.ACTION_DIST_INPUTS], out[1][Columns.ACTION_DIST_INPUTS])
+
+
+@pytest.mark.parametrize("encoder", ENCODERS[1:], ids=["gru", "gru+attention"])
+def test_the_gru_reader_reads_up_to_the_padding_and_serves_every_length(encoder):
+    """Its output does not depend on how many padding tokens follow, and one module
+    takes expressions of 1 to 6 operators in one batch, every row as if alone."""
+    module = make_module(**encoder)
+    ops = (ADD, MUL, SUB, MUL, MUL, ADD)
+    obs = [episode_observations(5 if k < 3 else k + 3, tuple(range(1, k + 2)), [MUL, MUL, ANS], operators=ops[:k])
+           for k in range(1, 7)]
+    batch = torch.as_tensor(np.stack(obs))
+    both = module.forward_train({Columns.OBS: batch, Columns.STATE_IN: initial_state(module, 6)})
+    for i in range(6):
+        alone = module.forward_train({Columns.OBS: batch[i : i + 1], Columns.STATE_IN: initial_state(module, 1)})
+        torch.testing.assert_close(both[Columns.ACTION_DIST_INPUTS][i : i + 1], alone[Columns.ACTION_DIST_INPUTS])
+    # a longer padding (a wider observation) changes nothing: the read stops at the first PAD
+    lay = observation_layout()
+    wide = torch.cat([batch[:, :, : lay["context_len"]], torch.full((6, 3, 4), PAD_TOKEN),
+                      batch[:, :, lay["context_len"] :]], dim=-1)
+    wider = make_module(**encoder, context_len=lay["context_len"] + 4, stage_index=lay["stage_index"] + 4,
+                        prev_action_index=lay["prev_action_index"] + 4, mask_index=lay["mask_index"] + 4)
+    wider.load_state_dict(module.state_dict())
+    out = wider.forward_train({Columns.OBS: wide, Columns.STATE_IN: initial_state(module, 6)})
+    torch.testing.assert_close(out[Columns.ACTION_DIST_INPUTS], both[Columns.ACTION_DIST_INPUTS])
+
+
+def test_concat_reads_only_the_positions_it_was_built_for():
+    """context_read_len 5 (a run on stages 0-2): the same layer as before the observation
+    grew to 13 tokens, and whatever lies past position 5 is never read."""
+    module = make_module(context_read_len=5)
+    assert module.context_encoder[0].in_features == (5 + 1) * 32
+    obs = torch.as_tensor(episode_observations(2, (1, 2, 3, 4, 5), [MUL, ANS]))[None]
+    changed = obs.clone()
+    changed[..., 5:13] = 7  # tokens the reader must not see
+    out = [module.forward_inference({Columns.OBS: x, Columns.STATE_IN: initial_state(module, 1)}) for x in (obs, changed)]
+    torch.testing.assert_close(out[0][Columns.ACTION_DIST_INPUTS], out[1][Columns.ACTION_DIST_INPUTS])
+    with pytest.raises(ValueError, match="context_read_len must be in 1..13, got 14"):
+        make_module(context_read_len=14)
+
+
+def test_attention_needs_the_gru_reader():
+    with pytest.raises(ValueError, match="context_attention needs context_encoder='gru'"):
+        make_module(context_attention=True)
+    with pytest.raises(ValueError, match="context_encoder must be one of"):
+        make_module(context_encoder="mean")
 
 
 def test_start_token_resets_the_state_and_padding_does_not():

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT, run_cli
-from envs import ANS, MEMORY_STAGES, ToolMachineEnv
+from envs import ANS, MEMORY_STAGES, NUM_STAGES, ToolMachineEnv
 from envs.analysis import memory_required_contexts
 from envs.machine import ACTION_NAMES, MachineState, apply_tool, stage_target
 
@@ -49,13 +49,13 @@ def check_png(path):
 
 
 # -- a synthesized run directory (no Ray) ---------------------------------------------------------
-GREEDY_ROWS = ("0", "1", "2", "2m", "3", "3m", "4", "4m")
+GREEDY_ROWS = ("0", "1", "2", "2m", "3", "3m", "4", "4m", "5", "6", "7", "8", "9")
 #: exactly the columns of DIR/metrics.parquet, as 'toolagent train' writes them
 METRICS_COLUMNS = [
     ("iteration", pa.int64()), ("wall_seconds", pa.float64()), ("env_steps", pa.int64()),
     ("steps_per_second", pa.float64()), ("stage", pa.int64()), ("stage_weights", pa.list_(pa.float64())),
     ("env_runner_restarts", pa.int64()),
-    *[(f"sampled_accuracy_{s}", pa.float64()) for s in range(5)],
+    *[(f"sampled_accuracy_{s}", pa.float64()) for s in range(NUM_STAGES)],
     *[(f"greedy_accuracy_{r}", pa.float64()) for r in GREEDY_ROWS],
     *[(name, pa.float64()) for name in ("policy_loss", "vf_loss", "entropy", "sil_policy_loss", "sil_replay_size")],
 ]
@@ -68,9 +68,9 @@ def synthetic_metrics() -> pa.Table:
     for i in range(1, ITERATIONS + 1):
         stage = 0 if i <= 8 else 1 if i <= 16 else 2
         row = {"iteration": i, "wall_seconds": 2.0 * i, "env_steps": STEPS_PER_ITER * i, "steps_per_second": 500.0,
-               "stage": stage, "stage_weights": [1.0 if s == stage else 0.0 for s in range(5)],
+               "stage": stage, "stage_weights": [1.0 if s == stage else 0.0 for s in range(NUM_STAGES)],
                "env_runner_restarts": 0}
-        for s in range(5):
+        for s in range(NUM_STAGES):
             # a stage has no sampled accuracy before the curriculum reaches it
             row[f"sampled_accuracy_{s}"] = min(1.0, 0.1 * (i - 8 * s)) if s <= stage else None
         for r in GREEDY_ROWS:

@@ -103,6 +103,12 @@ def test_stage_targets():
     assert stage_target(3, DIGITS[:3]) == a - b * c  # memory drills
     assert stage_target(4, DIGITS[:4]) == a * b - c * d
     with pytest.raises(ValueError, match="stage"):
+        stage_target(10, DIGITS)
+    # expression stages: the usual precedence, left to right
+    assert stage_target(5, (2, 3, 4), (ADD, MUL)) == 2 + 3 * 4
+    assert stage_target(6, (2, 3, 4, 5), (SUB, MUL, SUB)) == 2 - 3 * 4 - 5
+    assert stage_target(9, (9, 9, 9, 9, 9, 9, 9), (MUL,) * 6) == 9**7
+    with pytest.raises(ValueError, match="one digit more than operators"):
         stage_target(5, DIGITS)
 
 
@@ -165,7 +171,7 @@ def test_observation_holds_context_stage_previous_action_and_no_registers():
     lay = observation_layout()
     obs, _ = env.reset(seed=0, options={"stage": 0, "digits": (2, 3, 4)})
     assert env.observation_space.contains(obs)
-    assert list(obs[:CONTEXT_LEN]) == [2, 3, 4, PAD_TOKEN, PAD_TOKEN]
+    assert list(obs[:CONTEXT_LEN]) == [2, 3, 4] + [PAD_TOKEN] * (CONTEXT_LEN - 3)
     assert obs[lay["stage_index"]] == 0 and obs[lay["prev_action_index"]] == START_ACTION
     # only ADD-like tools and ANS can apply at the start
     assert list(obs[lay["mask_index"] :]) == [1, 1, 1, 0, 0, 1]
@@ -174,7 +180,7 @@ def test_observation_holds_context_stage_previous_action_and_no_registers():
     assert list(obs[lay["mask_index"] :]) == [1, 1, 1, 1, 0, 1]
     obs, *_ = env.step(STO)
     assert list(obs[lay["mask_index"] :]) == [1, 1, 1, 0, 1, 1]
-    assert list(obs[:CONTEXT_LEN]) == [2, 3, 4, PAD_TOKEN, PAD_TOKEN]  # context does not move
+    assert list(obs[:CONTEXT_LEN]) == [2, 3, 4] + [PAD_TOKEN] * (CONTEXT_LEN - 3)  # context does not move
 
 
 def test_mask_is_all_ones_when_off():
@@ -194,7 +200,7 @@ def test_reset_seed_is_deterministic_and_set_stage_applies_next_episode():
 
 def test_stage_weights_mix_stages():
     env = ToolMachineEnv()
-    env.set_stage_weights([0.5, 0.0, 0.5, 0.0, 0.0])
+    env.set_stage_weights([0.5, 0.0, 0.5, 0.0, 0.0, 0, 0, 0, 0, 0])
     env.reset(seed=1)
     stages = {env.reset()[1]["stage"] for _ in range(200)}
     assert stages == {0, 2}
@@ -203,7 +209,7 @@ def test_stage_weights_mix_stages():
 @pytest.mark.parametrize(
     "config, message",
     [
-        ({"stage": 5}, "stage must be in 0..4, got 5"),
+        ({"stage": 10}, "stage must be in 0..9, got 10"),
         ({"stage": "1"}, "stage must be an integer"),
         ({"variant": "tutorial"}, "variant must be one of"),
         ({"max_steps": 0}, "max_steps must be an integer >= 1"),
@@ -227,7 +233,7 @@ def test_seed_variant_refuses_the_memory_drills():
         ToolMachineEnv({"variant": "seed", "stage": 3})
     env = ToolMachineEnv({"variant": "seed"})
     with pytest.raises(ValueError, match="got 4"):
-        env.set_stage_weights([1, 0, 0, 0, 1])
+        env.set_stage_weights([1, 0, 0, 0, 1, 0, 0, 0, 0, 0])
 
 
 @pytest.mark.parametrize("stage", [2, 3, 4])

@@ -15,7 +15,6 @@ from envs import (
     GYM_ENV_ID,
     MUL,
     NUM_ACTIONS,
-    NUM_STAGES,
     STAGE_DIGITS,
     START_ACTION,
     SUB,
@@ -23,11 +22,11 @@ from envs import (
     ToolMachineEnv,
     ToolMachineVectorEnv,
     batched_rng,
-    general_program,
     make_tool_machine,
     vector_tool_machine,
 )
-from envs.oracle import general_path
+from envs.machine import EXPRESSION_STAGES, TOKEN_OPERATOR
+from envs.oracle import general_path, oracle_program
 
 PREV = CONTEXT_LEN + 1
 # Programs that hit the stated target of the seed variant's stages 0-1 (and its
@@ -60,7 +59,8 @@ def policy(rng, obs, t, seed_variant):
     actions = rng.integers(0, NUM_ACTIONS, size=n)
     for i in np.flatnonzero(rng.random(n) < 0.65):
         stage = int(obs[i, CONTEXT_LEN])
-        plan = SEED_PLANS[stage] if seed_variant else general_program(stage)
+        operators = [TOKEN_OPERATOR[tok] for tok in obs[i, 1:CONTEXT_LEN:2] if tok in TOKEN_OPERATOR]
+        plan = SEED_PLANS[stage] if seed_variant else oracle_program(stage, operators)
         actions[i] = plan[t[i]] if t[i] < len(plan) else ANS
     return actions
 
@@ -119,6 +119,10 @@ CONFIGS = [
     {"stage": 3, "max_steps": 4, "step_limit_terminates": True, "shaping": 0.5},
     {"variant": "seed", "stage": 1, "step_limit_terminates": True},
     {"stage": 1, "max_steps": 5},
+    *({"stage": s} for s in EXPRESSION_STAGES),
+    {"stage": 9, "action_mask": True, "shaping": 0.5},
+    {"stage": 6, "shaping": 1, "shaping_gamma": 1, "hard_fraction": 0.8},
+    {"stage": 8, "max_steps": 9, "step_limit_terminates": True},
 ]
 
 
@@ -136,9 +140,10 @@ def test_matches_sync_vector_env(config, seed):
 @pytest.mark.parametrize(
     "config, weights, new_weights",
     [
-        ({"hard_fraction": 0.8, "shaping": 0.5}, [1, 1, 2, 1, 1], [0, 0, 1, 3, 0]),
-        ({"action_mask": True}, [0.5, 0, 0, 0.25, 0.25], [1, 1, 1, 1, 1]),
-        ({"variant": "seed", "hard_fraction": 0.8}, [1, 1, 1, 0, 0], [0, 1, 3, 0, 0]),
+        ({"hard_fraction": 0.8, "shaping": 0.5}, [1, 1, 2, 1, 1, 0, 0, 0, 0, 0], [0, 0, 1, 3, 0, 1, 0, 1, 0, 1]),
+        ({"action_mask": True}, [0.5, 0, 0, 0.25, 0.25, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]),
+        ({"variant": "seed", "hard_fraction": 0.8}, [1, 1, 1, 0, 0, 0, 0, 0, 0, 0], [0, 1, 3, 0, 0, 0, 0, 0, 0, 0]),
+        ({"shaping": 0.5, "action_mask": True}, [0, 0, 1, 0, 0, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0, 0, 2, 0, 3]),
     ],
 )
 def test_matches_sync_vector_env_with_mixed_stages(config, weights, new_weights):
@@ -163,7 +168,7 @@ def test_rejected_draws_are_redone_with_numpys_generator(monkeypatch):
 
     monkeypatch.setattr(vector_tool_machine, "lemire", lemire_rejecting_half)
     run_both({"hard_fraction": 0.8, "shaping": 0.5}, seed=4, steps=80,
-             weights=[1, 1, 2, 1, 1], new_weights=[1, 0, 1, 0, 1])
+             weights=[1, 1, 2, 1, 1, 0, 0, 0, 0, 0], new_weights=[1, 0, 1, 0, 1, 0, 0, 0, 0, 0])
 
 
 def test_streams_draw_what_numpy_generators_draw():
@@ -201,7 +206,7 @@ def test_streams_draw_what_numpy_generators_draw():
 def test_shaping_paths_are_the_oracles():
     offset, place, (acc_set, mem_set, cursor, armed), acc, mem = vector_tool_machine._path_tables()
     rng = np.random.default_rng(0)
-    for stage in range(NUM_STAGES):
+    for stage in STAGE_DIGITS:
         for _ in range(100):
             digits = np.zeros(5, np.int64)
             digits[: STAGE_DIGITS[stage]] = rng.integers(0, 10, size=STAGE_DIGITS[stage])
@@ -276,8 +281,8 @@ def test_set_stage_weights_applies_to_all_envs():
     vec = ToolMachineVectorEnv({}, num_envs=16)
     vec.reset(seed=0)
     assert vec.stages.tolist() == [0] * 16
-    vec.set_stage_weights([0, 0, 0, 2, 0])
-    assert vec.stage_weights.tolist() == [0, 0, 0, 1, 0]
+    vec.set_stage_weights([0, 0, 0, 2, 0, 0, 0, 0, 0, 0])
+    assert vec.stage_weights.tolist() == [0, 0, 0, 1, 0, 0, 0, 0, 0, 0]
     assert vec.stages.tolist() == [0] * 16  # episodes in flight finish on their stage
     vec.step([ANS] * 16)
     obs, _, _, _, info = vec.step([ANS] * 16)  # every env resets here
@@ -288,7 +293,7 @@ def test_set_stage_weights_applies_to_all_envs():
     with pytest.raises(ValueError, match="stage weights"):
         vec.set_stage_weights([1, 2])
     with pytest.raises(ValueError, match="seed variant"):
-        ToolMachineVectorEnv({"variant": "seed"}, num_envs=2).set_stage_weights([0, 0, 0, 1, 0])
+        ToolMachineVectorEnv({"variant": "seed"}, num_envs=2).set_stage_weights([0, 0, 0, 1, 0, 0, 0, 0, 0, 0])
 
 
 def test_config_is_the_single_envs_plus_num_envs():
