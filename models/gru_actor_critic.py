@@ -121,7 +121,14 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Infe
         if len(rows) != self._layout["num_stages"] or min(rows) < 0:
             raise ValueError(f"stage_embedding_rows must give one row >= 0 per stage, got {rows}")
         self.register_buffer("_stage_rows", torch.tensor(rows), persistent=False)
-        self.stage_embedding = nn.Embedding(max(rows) + 1, embed)
+        # A row shared by several stages is drawn apart from every other layer, so a run
+        # whose stages all have their own rows starts from exactly the weights it had before
+        # shared rows existed (the A2C stage-2 recipe is sensitive to its initial weights).
+        shared = [r for r in rows if rows.count(r) > 1]
+        own_rows = min(shared) if shared else max(rows) + 1
+        self.stage_embedding = nn.Embedding(max(rows) + 1, embed, _weight=torch.empty(max(rows) + 1, embed))
+        with torch.no_grad():
+            self.stage_embedding.weight[:own_rows].normal_()
         if self._encoder_kind == "concat":
             self.context_encoder = nn.Sequential(nn.Linear((self._read_len + 1) * embed, hidden), nn.Tanh())
         else:
@@ -134,6 +141,11 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Infe
         self.gru = nn.GRUCell(step_input, hidden)
         self.policy_head = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, n_act))
         self.value_head = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        # from a generator of their own: the global random stream (which the env runner then
+        # samples actions from) stays as it was too
+        shared_rows = torch.Generator().manual_seed(torch.initial_seed() + 1)
+        with torch.no_grad():
+            self.stage_embedding.weight[own_rows:].normal_(generator=shared_rows)
 
     @override(TorchRLModule)
     def get_initial_state(self) -> Any:

@@ -197,6 +197,8 @@ def build_config(cfg: TrainConfig):
             grad_clip=40.0,
         )
         .callbacks(functools.partial(CurriculumCallback, settings=cfg.curriculum_settings()))
-        .reporting(min_time_s_per_iteration=1.0)
+        # The curriculum moves at iteration ends: with a time floor, how many batches an
+        # iteration holds (and so the whole run) depends on the machine's load.
+        .reporting(min_time_s_per_iteration=cfg.min_iteration_seconds)
         .debugging(seed=cfg.seed)
     )

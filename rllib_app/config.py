@@ -176,6 +176,11 @@ class TrainConfig:
     target_accuracy: float = flag(0.99, "stop when greedy accuracy on every stage reaches this", minimum=0, maximum=1)
     max_minutes: float = flag(15.0, "wall-clock budget of the run", minimum=0, strict_min=True)
     max_iterations: int = flag(0, "iteration budget (0: none)", minimum=0)
+    min_iteration_seconds: float = flag(
+        1.0, "an iteration trains until this many seconds have passed; 0: one training step per iteration, "
+        "which makes a synchronous algorithm's run (a2c, ppo) repeat exactly from its seed, whatever the load",
+        minimum=0,
+    )
     eval_interval: int = flag(5, "iterations between greedy evaluations (and checkpoints)", minimum=1)
     eval_episodes: int = flag(1000, "fresh episodes per stage in each greedy evaluation", minimum=1)
     keep_checkpoints: int = flag(

@@ -340,3 +340,24 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
 
     rows = pq.read_table(out / "metrics.parquet").to_pylist()
     assert [r["iteration"] for r in rows] == list(range(1, stopped_at + 3))  # continued, not restarted
+
+
+def test_a2c_with_one_step_iterations_repeats_exactly_from_its_seed(local_ray):
+    """--min-iteration-seconds 0: the curriculum moves after a fixed number of batches, so
+    the same seed gives the same run on a busy or a quiet machine."""
+    from rllib_app.algorithms import MODULE_ID
+    from rllib_app.config import TrainConfig
+
+    cfg = TrainConfig(algo="a2c", num_env_runners=1, min_iteration_seconds=0, seed=3, **SMALL)
+    runs = []
+    for _ in range(2):
+        algo = _build(cfg)
+        try:
+            steps = [algo.train()["env_runners"]["num_env_steps_sampled_lifetime"] for _ in range(3)]
+            runs.append((steps, algo.learner_group.get_weights()[MODULE_ID]))
+        finally:
+            algo.stop()
+    (steps_a, weights_a), (steps_b, weights_b) = runs
+    assert steps_a == steps_b and steps_a[0] < steps_a[1] < steps_a[2]
+    for k in weights_a:
+        np.testing.assert_array_equal(np.asarray(weights_a[k]), np.asarray(weights_b[k]))

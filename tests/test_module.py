@@ -126,6 +126,28 @@ def test_concat_reads_only_the_positions_it_was_built_for():
         make_module(context_read_len=14)
 
 
+def test_a_shared_stage_row_does_not_change_the_other_initial_weights():
+    """The expression stages' shared stage row is drawn apart from every other layer, so
+    a module has the same initial weights and leaves the same random stream as one built
+    without it (the layout before
+    expression stages: one row per stage 0-4)."""
+    shared = make_module(context_read_len=5)
+    stream_after_shared = torch.get_rng_state()
+    rows = observation_layout()["stage_embedding_rows"]
+    own = len(set(rows)) - 1
+    assert rows.count(own) > 1 and shared.stage_embedding.num_embeddings == own + 1
+    alone = make_module(context_read_len=5, stage_embedding_rows=list(range(len(rows))))
+    before = make_module(context_read_len=5, num_stages=own, stage_embedding_rows=list(range(own)))
+    # nor the random stream after it (the env runner samples actions from it)
+    assert torch.equal(stream_after_shared, torch.get_rng_state())
+    for name, weight in shared.state_dict().items():
+        if name == "stage_embedding.weight":
+            torch.testing.assert_close(weight[:own], before.state_dict()[name], rtol=0, atol=0)
+            torch.testing.assert_close(weight[:own], alone.state_dict()[name][:own], rtol=0, atol=0)
+        else:
+            torch.testing.assert_close(weight, before.state_dict()[name], rtol=0, atol=0)
+
+
 def test_attention_needs_the_gru_reader():
     with pytest.raises(ValueError, match="context_attention needs context_encoder='gru'"):
         make_module(context_attention=True)
