@@ -162,7 +162,7 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Infe
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         features, state_out, mask = self._unroll(batch)
         return {
-            Columns.ACTION_DIST_INPUTS: self._logits(features, mask),
+            Columns.ACTION_DIST_INPUTS: self._logits(features, mask, _real_steps(batch, features)),
             Columns.STATE_OUT: state_out,
             Columns.EMBEDDINGS: features,
         }
@@ -171,7 +171,7 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Infe
     def compute_values(self, batch: dict[str, Any], embeddings: Optional[Any] = None):
         if embeddings is None:
             embeddings, _, _ = self._unroll(batch)
-        return self.value_head(embeddings).squeeze(-1)
+        return _at(_real_steps(batch, embeddings), self.value_head, embeddings).squeeze(-1)
 
     # -- target network (APPO) ------------------------------------------------------------
     def _policy_layers(self) -> nn.ModuleDict:
@@ -188,15 +188,16 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Infe
     @override(TargetNetworkAPI)
     def forward_target(self, batch: dict[str, Any]) -> dict[str, Any]:
         features, _, mask = self._unroll(batch, net=self._target)
-        return {TARGET_NETWORK_ACTION_DIST_INPUTS: self._logits(features, mask, net=self._target)}
+        real = _real_steps(batch, features)
+        return {TARGET_NETWORK_ACTION_DIST_INPUTS: self._logits(features, mask, real, net=self._target)}
 
     @override(InferenceOnlyAPI)
     def get_non_inference_attributes(self) -> list[str]:
         return ["_target"]
 
     # -- internals ----------------------------------------------------------------------
-    def _logits(self, features: torch.Tensor, mask: torch.Tensor, net=None) -> torch.Tensor:
-        return (net or self).policy_head(features).masked_fill(mask == 0, MASKED_LOGIT)
+    def _logits(self, features: torch.Tensor, mask: torch.Tensor, real=None, net=None) -> torch.Tensor:
+        return _at(real, (net or self).policy_head, features).masked_fill(mask == 0, MASKED_LOGIT)
 
     def _unroll(self, batch: dict[str, Any], net=None):
         """Run the GRU over ``[B, T]`` steps; returns features ``[B, T, H]``,
@@ -211,39 +212,104 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Infe
         mask = obs[..., lay["mask_index"] : lay["mask_index"] + lay["num_actions"]]
 
         B, T = prev_action.shape
+        # Per-step layers run on the real steps only (a learner batch is mostly padding);
+        # padded steps get zeros, and only the recurrence below ever sees them.
+        real = _real_steps(batch, prev_action)
+        pick = (lambda x: x[real]) if real is not None else (lambda x: x.reshape((B * T,) + x.shape[2:]))
+        context, stage = pick(context), pick(stage)  # [N, C], [N]
         if self._encoder_kind == "concat":
-            embedded = net.context_embedding(context[..., : self._read_len])  # [B, T, C, E]
+            embedded = net.context_embedding(context[..., : self._read_len])  # [N, C, E]
             tokens = torch.cat([embedded.flatten(-2), net.stage_embedding(self._stage_rows[stage])], dim=-1)
         else:
             # Each distinct context is read once (a batch repeats each episode's context at
             # every step); padding only trails it, so the read ends at its last real token.
             C = context.shape[-1]
-            distinct, which = torch.unique(context.reshape(B * T, C), dim=0, return_inverse=True)
+            distinct, which = torch.unique(context, dim=0, return_inverse=True)
             read, _ = net.context_reader(net.context_embedding(distinct))  # [U, C, H]
             length = (distinct != self._pad_token).sum(-1).clamp(min=1)  # [U]
-            last = read[torch.arange(len(distinct)), length - 1][which].reshape(B, T, -1)
+            last = read[torch.arange(len(distinct)), length - 1][which]
             tokens = torch.cat([last, net.stage_embedding(self._stage_rows[stage])], dim=-1)
-            real = torch.arange(C) < length[:, None]  # [U, C]
-            which = which.reshape(B, T)
-        context_features = net.context_encoder(tokens)  # [B, T, H]
+            real_tokens = torch.arange(C) < length[:, None]  # [U, C]
+            which = _unpick(real, which, B, T)  # [B, T]: padded steps read context 0 (never used)
+        context_features = net.context_encoder(tokens)  # [N, H]
+        initial = _unpick(real, torch.tanh(net.initial_state(context_features)), B, T)  # [B, T, H]
         step_inputs = net.action_embedding(prev_action)
         if self._context_every_step:
-            step_inputs = torch.cat([step_inputs, context_features], dim=-1)
+            step_inputs = torch.cat([step_inputs, _unpick(real, context_features, B, T)], dim=-1)
         starts = (prev_action == lay["start_action"]).unsqueeze(-1)  # [B, T, 1]
-        initial = torch.tanh(net.initial_state(context_features))
 
         h = batch[Columns.STATE_IN]["h"]
+        # Rows sorted longest first, so the rows still running at step t are a prefix and the
+        # GRU steps only those: a learner batch is mostly zero padding (one episode chunk per
+        # row of max_seq_len), and the recurrence is causal, so real steps are unchanged.
+        # A finished row keeps its last real state; its padded steps are masked out of every loss.
+        order, active = _active_prefix(real, B, T)
+        if order is not None:
+            h, step_inputs, starts, initial = h[order], step_inputs[order], starts[order], initial[order]
+            if self._attention:
+                which = which[order]
         outputs = []
         for t in range(T):
-            h = torch.where(starts[:, t], initial[:, t], h)
-            x = step_inputs[:, t]
+            n = active[t]
+            if n == 0:  # every row has ended: the rest is padding
+                outputs.extend([h] * (T - t))
+                break
+            h_run = torch.where(starts[:n, t], initial[:n, t], h[:n])
+            x = step_inputs[:n, t]
             if self._attention:
                 # which token to look at, from where the agent is now (gathered per step from
                 # the distinct reads: cheap to differentiate, unlike slicing a [B, T, C, H] copy)
-                keys = read[which[:, t]]  # [B, C, H]
-                scores = torch.einsum("bch,bh->bc", keys, h) / self._hidden_size**0.5
-                weights = torch.softmax(scores.masked_fill(~real[which[:, t]], -1e9), dim=-1)
+                keys = read[which[:n, t]]  # [n, C, H]
+                scores = torch.einsum("bch,bh->bc", keys, h_run) / self._hidden_size**0.5
+                weights = torch.softmax(scores.masked_fill(~real_tokens[which[:n, t]], -1e9), dim=-1)
                 x = torch.cat([x, torch.einsum("bc,bch->bh", weights, keys)], dim=-1)
-            h = net.gru(x, h)
+            h_run = net.gru(x, h_run)
+            h = h_run if n == B else torch.cat([h_run, h[n:]])
             outputs.append(h)
-        return torch.stack(outputs, dim=1), {"h": h}, mask
+        features = torch.stack(outputs, dim=1)
+        if order is not None:
+            restore = torch.argsort(order)
+            features, h = features[restore], h[restore]
+        return features, {"h": h}, mask
+
+
+def _active_prefix(real: Optional[torch.Tensor], B: int, T: int) -> tuple[Optional[torch.Tensor], list[int]]:
+    """``(order, active)``: the row order that sorts the rows' real lengths longest first
+    (None when every row runs all ``T`` steps) and, per step ``t``, how many rows of that
+    order are still running."""
+    if real is None:
+        return None, [B] * T
+    lengths = real.sum(1)
+    active = (B - torch.cumsum(torch.bincount(lengths, minlength=T + 1), 0)[:T]).tolist()
+    if active[-1] == B:
+        return None, active
+    return torch.argsort(lengths, descending=True, stable=True), active
+
+
+def _real_steps(batch: dict[str, Any], like: torch.Tensor) -> Optional[torch.Tensor]:
+    """``[B, T]``: which steps are real (before each row's ``seq_lens``), or None without
+    ``seq_lens`` (every step counts, as on an env runner)."""
+    seq_lens = batch.get(Columns.SEQ_LENS)
+    B, T = like.shape[:2]
+    if seq_lens is None:
+        return None
+    lengths = torch.as_tensor(seq_lens, device=like.device).reshape(-1)
+    if lengths.numel() != B:
+        return None
+    return torch.arange(T, device=like.device)[None, :] < lengths.clamp(0, T)[:, None]
+
+
+def _unpick(real: Optional[torch.Tensor], values: torch.Tensor, B: int, T: int) -> torch.Tensor:
+    """``[N, ...]`` values of the real steps back to ``[B, T, ...]``, zeros elsewhere."""
+    if real is None:
+        return values.reshape((B, T) + values.shape[1:])
+    out = values.new_zeros((B, T) + values.shape[1:])
+    out[real] = values
+    return out
+
+
+def _at(real: Optional[torch.Tensor], layer, x: torch.Tensor) -> torch.Tensor:
+    """``layer`` applied to the real steps of ``x`` ``[B, T, ...]`` only (zeros elsewhere)."""
+    if real is None:
+        return layer(x)
+    return _unpick(real, layer(x[real]), *x.shape[:2])

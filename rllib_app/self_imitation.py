@@ -176,10 +176,12 @@ def self_imitation_loss(module, obs, actions, returns, steps, *, value_coeff: fl
         k: torch.zeros((len(obs),) + tuple(np.shape(v)), device=device)
         for k, v in module.get_initial_state().items()
     }
-    out = module.forward_train({Columns.OBS: obs_t, Columns.STATE_IN: state_in})
+    # each episode's length: the module then steps only its real steps
+    seq_lens = torch.as_tensor(np.asarray(steps).sum(1), device=device)
+    out = module.forward_train({Columns.OBS: obs_t, Columns.STATE_IN: state_in, Columns.SEQ_LENS: seq_lens})
     dist = module.get_train_action_dist_cls().from_logits(out[Columns.ACTION_DIST_INPUTS])
     logp = dist.logp(torch.as_tensor(actions, device=device))
-    values = module.compute_values({}, embeddings=out[Columns.EMBEDDINGS])
+    values = module.compute_values({Columns.SEQ_LENS: seq_lens}, embeddings=out[Columns.EMBEDDINGS])
     steps_t = torch.as_tensor(steps, device=device, dtype=torch.float32)
     advantage = (torch.as_tensor(returns, device=device) - values).clamp(min=0.0)
     n = steps_t.sum().clamp(min=1.0)

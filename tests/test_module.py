@@ -155,6 +155,40 @@ def test_attention_needs_the_gru_reader():
         make_module(context_encoder="mean")
 
 
+@pytest.mark.parametrize("extra", [{}, {"context_every_step": True},
+                                   {"context_encoder": "gru", "context_attention": True}])
+def test_sequence_lengths_step_only_the_real_steps_and_change_nothing_there(extra):
+    """With ``seq_lens`` (what RLlib's learner batches carry) the GRU steps only the rows
+    still running: outputs and gradients at real steps equal those of the full unroll."""
+    module = make_module(**extra)
+    rows = [(2, (3, 4, 5, 6, 7)), (0, (1, 2, 3)), (1, (9, 8, 7, 6)), (2, (0, 0, 1, 2, 3))]
+    lengths = [9, 2, 5, 1]
+    obs = np.zeros((len(rows), 12, len(episode_observations(0, (1, 2, 3), general_program(0))[0])), np.int64)
+    for i, ((stage, digits), n) in enumerate(zip(rows, lengths)):
+        obs[i, :n] = episode_observations(stage, digits, general_program(stage))[:n]
+    obs = torch.as_tensor(obs)
+    real = torch.arange(12)[None, :] < torch.tensor(lengths)[:, None]
+    state_in = {"h": torch.randn(len(rows), module._hidden_size)}
+    outs = []
+    for seq_lens in (None, torch.tensor(lengths)):
+        module.zero_grad()
+        batch = {Columns.OBS: obs, Columns.STATE_IN: state_in}
+        if seq_lens is not None:
+            batch[Columns.SEQ_LENS] = seq_lens
+        out = module.forward_train(batch)
+        logits = out[Columns.ACTION_DIST_INPUTS][real]
+        values = module.compute_values(batch, embeddings=out[Columns.EMBEDDINGS])[real]
+        (logits.clamp(min=-50).sum() + values.sum()).backward()
+        grads = {k: p.grad.clone() for k, p in module.named_parameters() if p.grad is not None}
+        outs.append((logits, values, grads))
+    (full_logits, full_values, full_grads), (logits, values, grads) = outs
+    torch.testing.assert_close(logits, full_logits)
+    torch.testing.assert_close(values, full_values)
+    assert grads.keys() == full_grads.keys()
+    for k in grads:
+        torch.testing.assert_close(grads[k], full_grads[k], msg=k)
+
+
 def test_start_token_resets_the_state_and_padding_does_not():
     module = make_module()
     obs = torch.as_tensor(episode_observations(1, (1, 2, 3, 4), [MUL, ANS]))[None]
