@@ -470,6 +470,7 @@ def _train(args: Args, on_eval) -> dict[str, Any]:
             for name, need in milestones.items():
                 if name not in reached and all(accuracy.get(r, 0.0) >= args.target_accuracy for r in need):
                     reached[name] = {"env_steps": steps, "wall_seconds": round(seconds, 2),
+                                     "training_seconds": round(seconds - eval_seconds, 2),
                                      "accuracy": {r: accuracy[r] for r in need}}
                     log(f"milestone {name} >= {args.target_accuracy}: {steps:,} env steps, {seconds:.1f} s")
             point = {"env_steps": steps, "wall_seconds": round(seconds, 2), "stage": curriculum.stage,
@@ -489,7 +490,8 @@ def _train(args: Args, on_eval) -> dict[str, Any]:
     result = {
         "args": dataclasses.asdict(args),
         "milestones": {
-            name: {"reached": name in reached, **reached.get(name, {"env_steps": None, "wall_seconds": None})}
+            name: {"reached": name in reached,
+                   **reached.get(name, {"env_steps": None, "wall_seconds": None, "training_seconds": None})}
             for name in milestones
         },
         "solved": len(reached) == len(milestones),

@@ -69,9 +69,11 @@ class BenchSettings:
     num_envs: tuple[int, ...] = (32, 256)
     algos: tuple[str, ...] = ALGOS
     seed: int = 0
-    #: iterations between the RLlib trainings' evaluations: an iteration is >= 1 s, and the
-    #: baseline evaluates every 20,480 env steps (about 1 s of its training)
+    #: iterations between the RLlib trainings' evaluations (an iteration is >= 1 s: 2-5k env
+    #: steps), and env steps between the baseline's: about as often, so that a milestone is
+    #: seen about as soon after it is reached by both (its time excludes the evaluations)
     eval_interval: int = 2
+    baseline_eval_every_steps: int = 4096
 
     @classmethod
     def make(cls, output: str, quick: bool, minutes: float | None, seed: int) -> BenchSettings:
@@ -297,13 +299,15 @@ def runner_alone_row(cfg: TrainConfig, seconds: float) -> dict[str, Any]:
 
 # -- 4./5. milestones ---------------------------------------------------------------------------------
 def _milestones(points: list[dict[str, Any]], target: float) -> dict[str, dict[str, Any]]:
-    """The first point (``{env_steps, wall_seconds, accuracy: {row: acc}}``) at which each
-    milestone's rows all reach ``target``; ``reached: False`` and nulls otherwise."""
+    """The first point (``{env_steps, wall_seconds, eval_seconds, accuracy: {row: acc}}``) at
+    which each milestone's rows all reach ``target``; ``reached: False`` and nulls otherwise.
+    ``training_seconds``: the wall seconds less those spent evaluating and checkpointing."""
     out = {}
     for name, rows in MILESTONE_ROWS.items():
         hit = next((p for p in points if all((p["accuracy"].get(r) or 0.0) >= target for r in rows)), None)
         out[name] = {"reached": hit is not None, "env_steps": hit and hit["env_steps"],
-                     "wall_seconds": hit and hit["wall_seconds"]}
+                     "wall_seconds": hit and hit["wall_seconds"],
+                     "training_seconds": hit and round(hit["wall_seconds"] - hit["eval_seconds"], 2)}
     return out
 
 
@@ -334,7 +338,7 @@ def bench_rllib_training_row(algo: str, settings: BenchSettings, output: pathlib
         accuracy = {row: metrics[f"accuracy_{row}"] for row in ("0", "1", "2", "2m") if f"accuracy_{row}" in metrics}
         if accuracy and checkpoint is not None:
             points.append({"env_steps": metrics["env_steps"], "wall_seconds": metrics["wall_seconds"],
-                           "accuracy": accuracy})
+                           "eval_seconds": metrics["eval_seconds"], "accuracy": accuracy})
 
     with _quiet(output / "train.log"):
         summary = train(cfg, on_iteration=on_iteration)
@@ -345,8 +349,8 @@ def bench_rllib_training_row(algo: str, settings: BenchSettings, output: pathlib
         "native_vector_env": cfg.native_vector_env, "budget_minutes": cfg.max_minutes,
         "milestones": _milestones(points, cfg.target_accuracy),
         "target_reached": summary["target_reached"], "accuracy": summary["accuracy"],
-        "env_steps": summary["env_steps"], "wall_seconds": seconds,
-        "steps_per_second": summary["env_steps"] / seconds if seconds else 0.0,
+        "env_steps": summary["env_steps"], "wall_seconds": seconds, "eval_seconds": summary["eval_seconds"],
+        "steps_per_second": _training_rate(summary["env_steps"], seconds, summary["eval_seconds"]),
         "iterations": summary["iterations"], "evaluations": len(points),
     }
 
@@ -355,20 +359,27 @@ def bench_baseline(settings: BenchSettings, output: pathlib.Path) -> dict[str, A
     from rllib_app import baseline
 
     args = baseline.Args(seed=settings.seed, max_seconds=settings.minutes_per_training * 60, verbose=False,
-                         output=str(output / "baseline.json"))
+                         eval_every_steps=settings.baseline_eval_every_steps, output=str(output / "baseline.json"))
     sampling = baseline.sampling_rate(args, seconds=min(settings.sampling_seconds, 5.0))
     with _quiet(output / "baseline.log"):
         result = baseline.train(args)
     return {
         "algo": "batched A2C (rllib_app.baseline)", "num_envs": args.num_envs, "rollout_steps": args.rollout_steps,
         "budget_minutes": settings.minutes_per_training, "sampling_steps_per_second": sampling,
-        "milestones": {name: {k: m[k] for k in ("reached", "env_steps", "wall_seconds")}
+        "milestones": {name: {k: m[k] for k in ("reached", "env_steps", "wall_seconds", "training_seconds")}
                        for name, m in result["milestones"].items()},
         "target_reached": result["solved"], "accuracy": result["accuracy"],
         "env_steps": result["env_steps"], "wall_seconds": result["wall_seconds"],
-        "eval_seconds": result["eval_seconds"], "steps_per_second": result["env_steps_per_second"],
+        "eval_seconds": result["eval_seconds"],
+        "steps_per_second": _training_rate(result["env_steps"], result["wall_seconds"], result["eval_seconds"]),
         "updates": result["updates"],
     }
+
+
+def _training_rate(env_steps: int, wall_seconds: float, eval_seconds: float) -> float:
+    """Env steps per second of training: evaluations and checkpoints not counted."""
+    seconds = wall_seconds - eval_seconds
+    return env_steps / seconds if seconds > 0 else 0.0
 
 
 # -- the run ----------------------------------------------------------------------------------------
@@ -438,7 +449,7 @@ def best_training(trainings: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The RLlib training that reached the most milestones, the last of them soonest."""
     def key(t):
         reached = [m for m in t["milestones"].values() if m["reached"]]
-        return (-len(reached), reached[-1]["wall_seconds"] if reached else 0.0)
+        return (-len(reached), reached[-1]["training_seconds"] if reached else 0.0)
 
     ranked = sorted((t for t in trainings if "milestones" in t), key=key)
     return ranked[0] if ranked else None
@@ -504,11 +515,13 @@ def format_table(report: dict[str, Any]) -> str:
     def cell(m):
         if not m:
             return "-"
-        return f"{m['env_steps']:,}, {m['wall_seconds']:.1f} s" if m["reached"] else "not reached"
+        if not m["reached"]:
+            return "not reached"
+        return f"{m['env_steps']:,}, {m['training_seconds']:.1f} s ({m['wall_seconds']:.1f} s)"
 
     best = best_training(trainings)
-    lines += ["", "| milestone (greedy >= 0.99) | baseline: env steps, s | "
-              + " | ".join(f"RLlib {t['algo']}: env steps, s" for t in trainings)
+    lines += ["", "| milestone (greedy >= 0.99) | baseline: env steps, training s (wall s) | "
+              + " | ".join(f"RLlib {t['algo']}: env steps, training s (wall s)" for t in trainings)
               + (f" | best RLlib ({best['algo']}) / baseline: env steps, time |" if best else " |"),
               "| --- | --- | " + "--- | " * len(trainings) + ("--- |" if best else "")]
     for name, rows in MILESTONE_ROWS.items():
@@ -517,7 +530,8 @@ def format_table(report: dict[str, Any]) -> str:
         if best:
             r = best["milestones"].get(name)
             both = b and r and b["reached"] and r["reached"]
-            cells.append(f"{_ratio(r['env_steps'], b['env_steps'])}, {_ratio(r['wall_seconds'], b['wall_seconds'])}"
+            cells.append(f"{_ratio(r['env_steps'], b['env_steps'])}, "
+                         f"{_ratio(r['training_seconds'], b['training_seconds'])}"
                          if both else "-")
         lines.append(f"| {name} ({', '.join(rows)}) | " + " | ".join(cells) + " |")
     budgets = [f"{x.get('budget_minutes', 0) * 60:.0f} s" for x in (base, *trainings) if x.get("budget_minutes")]

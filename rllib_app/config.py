@@ -84,7 +84,12 @@ class TrainConfig:
         per_algo={"a2c": True, "ppo": True},
     )
     # -- resources -------------------------------------------------------------------------
-    num_env_runners: int = flag(1, "env runner processes sampling in parallel (0: sample on the driver)", minimum=0)
+    num_env_runners: int = flag(
+        1, "env runner processes sampling in parallel (0: sample on the driver)", minimum=0,
+        # A2C waits for its sample every step: on one machine a remote runner only adds the
+        # round trip (docs/benchmarks.md: 1.85k -> 2.66k env steps/s on 2 cores)
+        per_algo={"a2c": 0},
+    )
     num_envs_per_env_runner: int = flag(32, "tool machines stepped by each env runner", minimum=1, per_algo={"a2c": 64})
     num_cpus_per_env_runner: int = flag(1, "CPUs Ray reserves for each env runner", minimum=1)
     native_vector_env: bool = flag(

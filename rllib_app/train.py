@@ -201,6 +201,8 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
     stages = cfg.trained_stages()
     start = time.time() - earlier_seconds
     env_steps = 0
+    # time spent evaluating and checkpointing (wall_seconds includes it)
+    eval_seconds = 0.0
     accuracy: dict[str, Any] = {}
     target_reached = False
     checkpoint = None
@@ -238,6 +240,7 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
                 # read once: a signal arriving later in this iteration is handled after the next one
                 stopping = stop.received is not None
                 evaluate = not stopping and (iteration % cfg.eval_interval == 0 or out_of_time or out_of_iters)
+                measuring = time.time()
                 if evaluate:
                     eval_module.set_state(algo.learner_group.get_weights()[MODULE_ID])
                     accuracy = greedy_accuracy(
@@ -254,6 +257,8 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
                         algo, cfg, output, iteration, progress={"env_steps": env_steps, "wall_seconds": round(now - start, 1)},
                         keep=cfg.keep_checkpoints,
                     )
+                eval_seconds += time.time() - measuring
+                metrics["eval_seconds"] = round(eval_seconds, 2)
                 if accuracy:
                     metrics.update(
                         {f"accuracy_{row}": v["accuracy"] for row, v in accuracy.items()},
@@ -284,6 +289,7 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
         "mean_return": {s: v["mean_return"] for s, v in accuracy.items()},
         "env_steps": env_steps,
         "wall_seconds": round(time.time() - start, 1),
+        "eval_seconds": round(eval_seconds, 1),
         "iterations": iteration,
         "checkpoint": str(checkpoint) if checkpoint else None,
         "algo": cfg.algo,

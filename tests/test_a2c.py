@@ -65,6 +65,7 @@ def test_a2c_takes_its_measured_defaults_unless_a_flag_overrides_them():
     assert (a2c.num_envs_per_env_runner, a2c.train_batch_size_per_learner) == (64, 1024)
     assert a2c.step_limit_terminates and a2c.entropy() == [[0, 0.08], [500000, 0.02]]
     assert a2c.fast_env_runner and not impala.fast_env_runner
+    assert (a2c.num_env_runners, impala.num_env_runners) == (0, 1)  # A2C samples on the driver
     given = parsed("--algo", "a2c", "--num-envs-per-env-runner", "8", "--no-step-limit-terminates",
                    "--entropy-schedule", "", "--no-fast-env-runner")
     assert given.num_envs_per_env_runner == 8 and not given.step_limit_terminates and given.entropy() == 0.03

@@ -18,10 +18,10 @@ def _check_milestones(milestones):
         m = milestones[name]
         assert isinstance(m["reached"], bool)
         if m["reached"]:
-            assert m["env_steps"] > 0 and m["wall_seconds"] > 0
+            assert m["env_steps"] > 0 and m["wall_seconds"] >= m["training_seconds"] > 0
             steps.append(m["env_steps"])
         else:  # never faked: no numbers for a milestone not reached
-            assert m["env_steps"] is None and m["wall_seconds"] is None
+            assert m["env_steps"] is None and m["wall_seconds"] is None and m["training_seconds"] is None
     # a later milestone needs the earlier rows too, so it never comes first
     assert steps == sorted(steps)
     reached = [milestones[name]["reached"] for name in MILESTONES]
@@ -58,7 +58,8 @@ def test_bench_quick_writes_every_section(tmp_path):
     assert [t["algo"] for t in trainings] == ["impala", "a2c"]
     for section in [report["baseline"], *trainings]:
         assert "error" not in section, section
-        assert section["env_steps"] > 0 and section["wall_seconds"] > 0 and section["steps_per_second"] > 0
+        assert section["env_steps"] > 0 and section["wall_seconds"] > section["eval_seconds"] > 0
+        assert section["steps_per_second"] > section["env_steps"] / section["wall_seconds"]  # evaluations excluded
         _check_milestones(section["milestones"])
     assert report["baseline"]["sampling_steps_per_second"] > 0
 
@@ -67,7 +68,7 @@ def test_bench_quick_writes_every_section(tmp_path):
         assert "ToolMachineVectorEnv" in text and "forward_inference" in text and "baseline training" in text
         assert "RLlib impala sampling" in text and "RLlib ppo sampling" in text and "stages 0-2" in text
         assert "vs baseline" in text
-        assert "RLlib impala: env steps, s" in text and "RLlib a2c: env steps, s" in text
+        assert "RLlib impala: env steps, training s (wall s)" in text and "RLlib a2c: env steps, training s" in text
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -104,21 +105,22 @@ def test_baseline_greedy_evaluation_matches_the_rows_of_toolagent_eval():
 
 def test_milestones_are_first_reached_and_never_faked():
     points = [
-        {"env_steps": 10, "wall_seconds": 1.0, "accuracy": {"0": 0.5, "1": 0.1, "2": 0.0, "2m": 0.0}},
-        {"env_steps": 20, "wall_seconds": 2.0, "accuracy": {"0": 0.995, "1": 0.2, "2": 0.0, "2m": 0.0}},
-        {"env_steps": 30, "wall_seconds": 3.0, "accuracy": {"0": 1.0, "1": 0.99, "2": 0.99, "2m": 0.5}},
+        {"env_steps": 10, "wall_seconds": 1.0, "eval_seconds": 0.25, "accuracy": {"0": 0.5, "1": 0.1, "2": 0.0, "2m": 0.0}},
+        {"env_steps": 20, "wall_seconds": 2.0, "eval_seconds": 0.5, "accuracy": {"0": 0.995, "1": 0.2, "2": 0.0, "2m": 0.0}},
+        {"env_steps": 30, "wall_seconds": 3.0, "eval_seconds": 0.75, "accuracy": {"0": 1.0, "1": 0.99, "2": 0.99, "2m": 0.5}},
     ]
     assert bench.MILESTONE_ROWS == baseline.MILESTONES  # both sides report the same milestones
     m = bench._milestones(points, 0.99)
-    assert m["stage 0"] == {"reached": True, "env_steps": 20, "wall_seconds": 2.0}
-    assert m["stages 0-1"] == {"reached": True, "env_steps": 30, "wall_seconds": 3.0}
-    assert m["stages 0-2"] == {"reached": False, "env_steps": None, "wall_seconds": None}
+    assert m["stage 0"] == {"reached": True, "env_steps": 20, "wall_seconds": 2.0, "training_seconds": 1.5}
+    assert m["stages 0-1"] == {"reached": True, "env_steps": 30, "wall_seconds": 3.0, "training_seconds": 2.25}
+    assert m["stages 0-2"] == {"reached": False, "env_steps": None, "wall_seconds": None, "training_seconds": None}
     _check_milestones(m)
 
 
 def test_the_table_compares_the_best_rllib_training_with_the_baseline():
-    def run(algo, *reached):  # reached: (env steps, seconds) per milestone, None = not reached
-        milestones = {name: {"reached": r is not None, "env_steps": r and r[0], "wall_seconds": r and r[1]}
+    def run(algo, *reached):  # reached: (env steps, training seconds) per milestone, None = not reached
+        milestones = {name: {"reached": r is not None, "env_steps": r and r[0], "wall_seconds": r and r[1] + 1,
+                             "training_seconds": r and r[1]}
                       for name, r in zip(MILESTONES, reached)}
         return {"algo": algo, "milestones": milestones, "fast_env_runner": algo == "a2c", "native_vector_env": True,
                 "num_envs_per_env_runner": 64, "steps_per_second": 1000.0, "budget_minutes": 1.0}
@@ -132,8 +134,9 @@ def test_the_table_compares_the_best_rllib_training_with_the_baseline():
     base = {**run("baseline", (20_000, 1.0), (80_000, 4.0), (500_000, 27.5)), "num_envs": 256, "rollout_steps": 16}
     table = bench.format_table({"baseline": base, "rllib_training": [impala, a2c, {"algo": "x", "error": "boom"}]})
     assert "| best RLlib (a2c) / baseline: env steps, time |" in table
-    assert "| stages 0-2 (0, 1, 2, 2m) | 500,000, 27.5 s | not reached | 110,000, 55.0 s | 0.22x, 2.00x |" in table
-    assert "| stage 0 (0) | 20,000, 1.0 s | 10,000, 6.0 s | 12,000, 5.0 s | 0.60x, 5.00x |" in table
+    assert ("| stages 0-2 (0, 1, 2, 2m) | 500,000, 27.5 s (28.5 s) | not reached | 110,000, 55.0 s (56.0 s) "
+            "| 0.22x, 2.00x |") in table
+    assert "| stage 0 (0) | 20,000, 1.0 s (2.0 s) | 10,000, 6.0 s (7.0 s) | 12,000, 5.0 s (6.0 s) | 0.60x, 5.00x |" in table
 
 
 @pytest.mark.parametrize("args, expected", [

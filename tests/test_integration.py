@@ -342,19 +342,25 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
     assert [r["iteration"] for r in rows] == list(range(1, stopped_at + 3))  # continued, not restarted
 
 
-def test_a2c_with_one_step_iterations_repeats_exactly_from_its_seed(local_ray):
+@pytest.mark.parametrize("num_env_runners", [1, 0])
+def test_a2c_with_one_step_iterations_repeats_exactly_from_its_seed(local_ray, num_env_runners):
     """--min-iteration-seconds 0: the curriculum moves after a fixed number of batches, so
-    the same seed gives the same run on a busy or a quiet machine."""
+    the same seed gives the same run on a busy or a quiet machine (0 runners: --algo a2c's
+    default, sampling on the driver beside the learner)."""
     from rllib_app.algorithms import MODULE_ID
     from rllib_app.config import TrainConfig
+    from rllib_app.learner_batch import BulkValueTargetBatch
 
-    cfg = TrainConfig(algo="a2c", num_env_runners=1, min_iteration_seconds=0, seed=3, **SMALL)
+    cfg = TrainConfig(algo="a2c", num_env_runners=num_env_runners, min_iteration_seconds=0, seed=3, **SMALL)
     runs = []
     for _ in range(2):
         algo = _build(cfg)
         try:
             steps = [algo.train()["env_runners"]["num_env_steps_sampled_lifetime"] for _ in range(3)]
             runs.append((steps, algo.learner_group.get_weights()[MODULE_ID]))
+            # every batch was built in bulk (none fell back to RLlib's pipeline)
+            bulk = algo.learner_group._learner._learner_connector.connectors[0]
+            assert isinstance(bulk, BulkValueTargetBatch) and (bulk.bulk_calls, bulk.fallback_calls) == (3, 0)
         finally:
             algo.stop()
     (steps_a, weights_a), (steps_b, weights_b) = runs
