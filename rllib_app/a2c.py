@@ -18,7 +18,8 @@ module that implements ``ValueFunctionAPI``::
 One iteration: sample ``train_batch_size_per_learner * max(1, num_learners)`` env
 steps synchronously from every env runner with the current weights; add n-step
 bootstrapped value targets (``lambda_=1.0``, the classic A2C) or GAE targets
-(``lambda_ < 1``) in the learner connector; take gradient steps on minibatches of
+(``lambda_ < 1``) in the learner connector (RLlib's pieces, or the same batch built in
+bulk by ``rllib_app.learner_batch.BulkValueTargetBatch``, the default); take gradient steps on minibatches of
 ``train_batch_size_per_learner`` rows of the batch (for a recurrent module RLlib counts
 the zero-padded ``[B, T]`` rows, so a full batch is usually two minibatches, the second
 wrapping around to the first sequences: measured, one step per batch instead stalls

@@ -74,13 +74,17 @@ class BenchSettings:
     #: seen about as soon after it is reached by both (its time excludes the evaluations)
     eval_interval: int = 2
     baseline_eval_every_steps: int = 4096
+    #: which of ``SECTIONS`` to run (the milestones alone: baseline and rllib_training)
+    sections: tuple[str, ...] = SECTIONS
 
     @classmethod
-    def make(cls, output: str, quick: bool, minutes: float | None, seed: int) -> BenchSettings:
+    def make(cls, output: str, quick: bool, minutes: float | None, seed: int,
+             sections: tuple[str, ...] = SECTIONS) -> BenchSettings:
         if quick:
             return cls(pathlib.Path(output), quick=True, minutes_per_training=minutes or 25 / 60,
-                       sampling_seconds=2.0, num_envs=(32,), seed=seed)
-        return cls(pathlib.Path(output), minutes_per_training=15.0 if minutes is None else minutes, seed=seed)
+                       sampling_seconds=2.0, num_envs=(32,), seed=seed, sections=sections)
+        return cls(pathlib.Path(output), minutes_per_training=15.0 if minutes is None else minutes, seed=seed,
+                   sections=sections)
 
 
 def _log(text: str) -> None:
@@ -180,7 +184,9 @@ def bench_inference(seconds: float, seed: int, batch: int = 256) -> dict[str, An
 def _sampling_config(algo: str, native: bool, num_envs: int, seed: int, output: pathlib.Path,
                      fast: bool = False) -> TrainConfig:
     extra = {} if algo == "impala" else {"train_batch_size_per_learner": max(256, 8 * num_envs)}
-    return TrainConfig(algo=algo, native_vector_env=native or fast, fast_env_runner=fast,
+    # one remote runner for every algorithm (A2C's default samples on the driver instead):
+    # these rows compare how one runner steps its envs
+    return TrainConfig(algo=algo, native_vector_env=native or fast, fast_env_runner=fast, num_env_runners=1,
                        num_envs_per_env_runner=num_envs, seed=seed, output=str(output), **extra).validate()
 
 
@@ -345,6 +351,7 @@ def bench_rllib_training_row(algo: str, settings: BenchSettings, output: pathlib
     seconds = summary["wall_seconds"]
     return {
         "algo": cfg.algo, "config": f"toolagent train --algo {cfg.algo} defaults, --eval-interval {cfg.eval_interval}",
+        "num_env_runners": cfg.num_env_runners,
         "num_envs_per_env_runner": cfg.num_envs_per_env_runner, "fast_env_runner": cfg.fast_env_runner,
         "native_vector_env": cfg.native_vector_env, "budget_minutes": cfg.max_minutes,
         "milestones": _milestones(points, cfg.target_accuracy),
@@ -421,22 +428,29 @@ def run(settings: BenchSettings, command: str = "") -> dict[str, Any]:
         "section_seconds": {},
     }
     short = 0.5 if settings.quick else 5.0
-    _log("raw env ...")
-    _section(report, "raw_env", bench_raw_env, short, settings.seed)
-    _log("module inference ...")
-    _section(report, "inference", bench_inference, short, settings.seed)
-    _log(f"baseline ({settings.minutes_per_training * 60:.0f} s) ...")
-    _section(report, "baseline", bench_baseline, settings, out)
-    # one local Ray of our own for every RLlib section; runner output stays out of our table
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
-             configure_logging=True, logging_level="ERROR")
-    try:
-        _log("rllib sampling ...")
-        _section(report, "rllib_sampling", bench_rllib_sampling, settings, out / "rllib_sampling")
-        _log("rllib training ...")
-        _section(report, "rllib_training", bench_rllib_training, settings, out / "rllib_training")
-    finally:
-        ray.shutdown()
+    wanted = set(settings.sections)
+    if "raw_env" in wanted:
+        _log("raw env ...")
+        _section(report, "raw_env", bench_raw_env, short, settings.seed)
+    if "inference" in wanted:
+        _log("module inference ...")
+        _section(report, "inference", bench_inference, short, settings.seed)
+    if "baseline" in wanted:
+        _log(f"baseline ({settings.minutes_per_training * 60:.0f} s) ...")
+        _section(report, "baseline", bench_baseline, settings, out)
+    if wanted & {"rllib_sampling", "rllib_training"}:
+        # one local Ray of our own for every RLlib section; runner output stays out of our table
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+                 configure_logging=True, logging_level="ERROR")
+        try:
+            if "rllib_sampling" in wanted:
+                _log("rllib sampling ...")
+                _section(report, "rllib_sampling", bench_rllib_sampling, settings, out / "rllib_sampling")
+            if "rllib_training" in wanted:
+                _log("rllib training ...")
+                _section(report, "rllib_training", bench_rllib_training, settings, out / "rllib_training")
+        finally:
+            ray.shutdown()
     report["load_average_at_end"] = list(os.getloadavg())
     report["total_seconds"] = round(time.perf_counter() - began, 1)
     report["table"] = format_table(report)
@@ -460,6 +474,12 @@ def _loop_label(row: dict[str, Any]) -> str:
     if row.get("fast_env_runner"):
         return "ToolMachineEnvRunner, native vector env"
     return "native vector env" if row["native_vector_env"] else "gymnasium loop"
+
+
+def _runners_label(row: dict[str, Any]) -> str:
+    """Where a row sampled: its remote runners, or the driver's own (0 runners)."""
+    n = row.get("num_env_runners", 1)
+    return "driver" if n == 0 else f"{n} runner{'s' if n > 1 else ''}"
 
 
 def _ratio(value, base) -> str:
@@ -492,7 +512,7 @@ def format_table(report: dict[str, Any]) -> str:
             base_rate)
     sampling = report.get("rllib_sampling")
     for row in sampling if isinstance(sampling, list) else []:
-        setting = f"1 runner x {row['num_envs_per_env_runner']} envs, {_loop_label(row)}"
+        setting = f"{_runners_label(row)} x {row['num_envs_per_env_runner']} envs, {_loop_label(row)}"
         if row.get("runner_alone"):
             what = "RLlib env runner alone (no learner)"
             if "error" in row:
@@ -510,7 +530,7 @@ def format_table(report: dict[str, Any]) -> str:
     trainings = [t for t in trainings if "error" not in t] if isinstance(trainings, list) else []
     for t in trainings:
         add(f"RLlib {t['algo']} training (defaults)",
-            f"1 runner x {t['num_envs_per_env_runner']} envs, {_loop_label(t)}", t["steps_per_second"])
+            f"{_runners_label(t)} x {t['num_envs_per_env_runner']} envs, {_loop_label(t)}", t["steps_per_second"])
 
     def cell(m):
         if not m:
@@ -550,6 +570,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes-per-training", type=float, default=None,
                         help="wall-clock budget of each training: the baseline, IMPALA, A2C (default: 15; --quick: 25 s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the trainings (default: 0)")
+    parser.add_argument("--sections", default=",".join(SECTIONS), metavar="A,B",
+                        help=f"which sections to run, of {', '.join(SECTIONS)} (default: all; the milestones "
+                             "alone: baseline,rllib_training)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -557,6 +580,10 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(f"--minutes-per-training must be > 0, got {args.minutes_per_training}")
     if args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    sections = tuple(s.strip() for s in args.sections.split(",") if s.strip())
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown or not sections:
+        raise UsageError(f"--sections {args.sections!r}: each must be one of {', '.join(SECTIONS)}")
     out = pathlib.Path(args.output)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--output {args.output!r} is not a directory")
@@ -567,8 +594,9 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(f"--output {args.output!r} is not writable ({err.strerror or err})") from None
     command = " ".join(["toolagent bench", *(["--quick"] if args.quick else []), "--output", args.output,
                         *([f"--minutes-per-training {args.minutes_per_training:g}"] if args.minutes_per_training else []),
-                        *([f"--seed {args.seed}"] if args.seed else [])])
-    report = run(BenchSettings.make(args.output, args.quick, args.minutes_per_training, args.seed), command)
+                        *([f"--seed {args.seed}"] if args.seed else []),
+                        *([f"--sections {','.join(sections)}"] if sections != SECTIONS else [])])
+    report = run(BenchSettings.make(args.output, args.quick, args.minutes_per_training, args.seed, sections), command)
     print(report["table"])
     print(f"\nwrote {out / 'bench.json'} ({report['total_seconds']:.0f} s)")
     failed = [k for k in SECTIONS if isinstance(report.get(k), dict) and "error" in report[k]]

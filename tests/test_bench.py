@@ -143,6 +143,7 @@ def test_the_table_compares_the_best_rllib_training_with_the_baseline():
     (["--minutes-per-training", "0"], "--minutes-per-training must be > 0, got 0.0"),
     (["--seed", "-1"], "--seed must be >= 0, got -1"),
     (["--output", "pyproject.toml"], "--output 'pyproject.toml' is not a directory"),
+    (["--sections", "baseline,gpu"], "--sections 'baseline,gpu': each must be one of raw_env, inference"),
 ])
 def test_bench_usage_errors(args, expected):
     proc = run_cli("bench", *args, timeout=120)
