@@ -20,7 +20,7 @@ One run measures, side by side (``DIR/bench.json``, and a table on stdout):
    >= 0.99 on stage 0; on stages 0 and 1; on stages 0, 1, 2 and 2m) for IMPALA and
    A2C, each with ``toolagent train --algo ALGO``'s defaults (``rllib_app.train.train``,
    milestones read from its ``on_iteration`` hook, i.e. at its evaluations, here every
-   2 iterations). The table's last column compares the best of them (most milestones,
+   iteration). The table's last column compares the best of them (most milestones,
    the last one soonest) with the baseline.
 5. ``baseline``: the same for the hand-written batched A2C (``rllib_app.baseline``),
    with the same time budget, plus its sampling rate alone.
@@ -69,10 +69,10 @@ class BenchSettings:
     num_envs: tuple[int, ...] = (32, 256)
     algos: tuple[str, ...] = ALGOS
     seed: int = 0
-    #: iterations between the RLlib trainings' evaluations (an iteration is >= 1 s: 2-5k env
+    #: iterations between the RLlib trainings' evaluations (an iteration is >= 1 s: 2-4k env
     #: steps), and env steps between the baseline's: about as often, so that a milestone is
     #: seen about as soon after it is reached by both (its time excludes the evaluations)
-    eval_interval: int = 2
+    eval_interval: int = 1
     baseline_eval_every_steps: int = 4096
     #: which of ``SECTIONS`` to run (the milestones alone: baseline and rllib_training)
     sections: tuple[str, ...] = SECTIONS
