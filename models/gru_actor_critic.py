@@ -28,7 +28,10 @@ Each row of a batch uses its own context (the tutorial broadcast a ``[B, d]``
 context mean against ``[B, 1, d]`` and gave every row the batch mean).
 
 Zero-padded steps (learner batches are padded to ``max_seq_len``) have previous
-action 0, not the start token, so they never reset the state.
+action 0, not the start token, so they never reset the state. When the batch carries
+``seq_lens`` (RLlib's learner batches do), the per-step layers and the GRU run on each
+row's real steps only: outputs and gradients there are what the full unroll gives
+(tested); a padded step gets zeros from the heads and its row's last real state.
 """
 
 from __future__ import annotations
