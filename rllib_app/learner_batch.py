@@ -154,7 +154,8 @@ def _single_stateful_module(rl_module):
         return None
     if keys != [DEFAULT_MODULE_ID]:
         return None
-    module = rl_module[DEFAULT_MODULE_ID]
+    # (a DDP learner's module is a wrapper: the value pass needs no gradient sync)
+    module = rl_module[DEFAULT_MODULE_ID].unwrapped()
     return module if module.is_stateful() else None
 
 

@@ -179,7 +179,7 @@ def test_per_step_episode_hooks_fall_back_to_rllibs_loop():
 @pytest.mark.integration
 @pytest.mark.parametrize("algo", ["impala", "a2c", "ppo", "appo"])
 def test_algorithms_train_with_the_fast_runner(local_ray, algo):
-    cfg = TrainConfig(algo=algo, fast_env_runner=True, num_epochs=1, **SMALL).validate()
+    cfg = TrainConfig(algo=algo, fast_env_runner=True, num_epochs=1, num_env_runners=1, **SMALL).validate()
     assert not cfg.native_vector_env  # implied by --fast-env-runner in build_config
     built = build_config(cfg)
     assert built.env_runner_cls is ToolMachineEnvRunner and built.gym_env_vectorize_mode == "vector_entry_point"
