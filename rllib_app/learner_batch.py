@@ -74,20 +74,20 @@ class BulkValueTargetBatch(ConnectorV2):
         # where each (chunk, step) lands: rows of T per chunk, in chunk order
         rows_per_chunk = -(-steps // T)
         first_row = np.concatenate([[0], np.cumsum(rows_per_chunk)[:-1]])
+        ends = np.cumsum(steps)  # one past each chunk's last step, in the flat order
         chunk_of_step = np.repeat(np.arange(len(episodes)), steps)
-        t_in_chunk = np.arange(steps.sum()) - np.repeat(np.cumsum(steps) - steps, steps)
+        t_in_chunk = np.arange(ends[-1]) - np.repeat(ends - steps, steps)
         row = first_row[chunk_of_step] + t_in_chunk // T
         col = t_in_chunk % T
         n_rows = int(rows_per_chunk.sum())
-        seq_lens = np.minimum(T, steps[:, None] - T * np.arange(rows_per_chunk.max())[None, :])
-        seq_lens = seq_lens[np.arange(rows_per_chunk.max())[None, :] < rows_per_chunk[:, None]].astype(np.int64)
+        seq_lens = np.bincount(row, minlength=n_rows).astype(np.int64)  # the steps landing in each row
 
         def padded(flat: np.ndarray) -> np.ndarray:
             out = np.zeros((n_rows, T) + flat.shape[1:], dtype=flat.dtype)
             out[row, col] = flat
             return out
 
-        last = np.cumsum(steps) - 1  # each chunk's bootstrap step, in the flat order
+        last = ends - 1  # each chunk's bootstrap step
         obs = np.concatenate([_buffer_data(e.observations)[: n + 1] for e, n in zip(episodes, lengths)])
         actions = np.concatenate([_with_repeat(_buffer_data(e.actions)) for e in episodes])
         rewards = np.concatenate([np.append(_buffer_data(e.rewards), 0.0) for e in episodes]).astype(np.float32)
