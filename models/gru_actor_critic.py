@@ -218,37 +218,54 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Infe
         # Per-step layers run on the real steps only (a learner batch is mostly padding);
         # padded steps get zeros, and only the recurrence below ever sees them.
         real = _real_steps(batch, prev_action)
-        pick = (lambda x: x[real]) if real is not None else (lambda x: x.reshape((B * T,) + x.shape[2:]))
-        context, stage = pick(context), pick(stage)  # [N, C], [N]
+        starts = prev_action == lay["start_action"]  # [B, T]
+        # The context reaches the GRU only through the state at a start step, unless it is
+        # an input at every step: encode it only where it is used (a quarter of the steps).
+        steps = real if real is not None else torch.ones_like(starts)
+        encode = steps if self._context_every_step else steps & starts
+        stage = stage[encode]  # [N]
         if self._encoder_kind == "concat":
-            embedded = net.context_embedding(context[..., : self._read_len])  # [N, C, E]
+            embedded = net.context_embedding(context[encode][..., : self._read_len])  # [N, C, E]
             tokens = torch.cat([embedded.flatten(-2), net.stage_embedding(self._stage_rows[stage])], dim=-1)
         else:
             # Each distinct context is read once (a batch repeats each episode's context at
             # every step); padding only trails it, so the read ends at its last real token.
+            # Attention looks at the reads from every real step, the initial state at starts.
             C = context.shape[-1]
-            distinct, which = torch.unique(context, dim=0, return_inverse=True)
+            read_at = steps if self._attention else encode
+            distinct, which = torch.unique(context[read_at], dim=0, return_inverse=True)
             read, _ = net.context_reader(net.context_embedding(distinct))  # [U, C, H]
             length = (distinct != self._pad_token).sum(-1).clamp(min=1)  # [U]
-            last = read[torch.arange(len(distinct)), length - 1][which]
+            encoded_which = which[encode[read_at]] if self._attention else which
+            last = read[torch.arange(len(distinct)), length - 1][encoded_which]
             tokens = torch.cat([last, net.stage_embedding(self._stage_rows[stage])], dim=-1)
             real_tokens = torch.arange(C) < length[:, None]  # [U, C]
-            which = _unpick(real, which, B, T)  # [B, T]: padded steps read context 0 (never used)
+            which = _unpick(read_at, which, B, T)  # [B, T]: other steps read context 0 (never used)
         context_features = net.context_encoder(tokens)  # [N, H]
-        initial = _unpick(real, torch.tanh(net.initial_state(context_features)), B, T)  # [B, T, H]
+        initial = torch.tanh(net.initial_state(context_features[starts[encode]]))  # [S, H]: each start's state
         step_inputs = net.action_embedding(prev_action)
         if self._context_every_step:
-            step_inputs = torch.cat([step_inputs, _unpick(real, context_features, B, T)], dim=-1)
-        starts = (prev_action == lay["start_action"]).unsqueeze(-1)  # [B, T, 1]
+            step_inputs = torch.cat([step_inputs, _unpick(encode, context_features, B, T)], dim=-1)
 
         h = batch[Columns.STATE_IN]["h"]
+        start_steps = encode & starts
+        # Episodes start at a row's first step (learner batches, env runners' single steps):
+        # the state is set there once; only a start further in needs the check at every step.
+        late_starts = bool(start_steps[:, 1:].any())
+        if late_starts:
+            initial = _unpick(start_steps, initial, B, T)  # [B, T, H]
+            starts = start_steps.unsqueeze(-1)  # [B, T, 1]
+        else:
+            h = torch.where(start_steps[:, :1], _unpick_rows(start_steps[:, 0], initial), h)
         # Rows sorted longest first, so the rows still running at step t are a prefix and the
         # GRU steps only those: a learner batch is mostly zero padding (one episode chunk per
         # row of max_seq_len), and the recurrence is causal, so real steps are unchanged.
         # A finished row keeps its last real state; its padded steps are masked out of every loss.
         order, active = _active_prefix(real, B, T)
         if order is not None:
-            h, step_inputs, starts, initial = h[order], step_inputs[order], starts[order], initial[order]
+            h, step_inputs = h[order], step_inputs[order]
+            if late_starts:
+                starts, initial = starts[order], initial[order]
             if self._attention:
                 which = which[order]
         outputs = []
@@ -257,7 +274,7 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Infe
             if n == 0:  # every row has ended: the rest is padding
                 outputs.extend([h] * (T - t))
                 break
-            h_run = torch.where(starts[:n, t], initial[:n, t], h[:n])
+            h_run = torch.where(starts[:n, t], initial[:n, t], h[:n]) if late_starts else h[:n]
             x = step_inputs[:n, t]
             if self._attention:
                 # which token to look at, from where the agent is now (gathered per step from
@@ -308,6 +325,13 @@ def _unpick(real: Optional[torch.Tensor], values: torch.Tensor, B: int, T: int) 
         return values.reshape((B, T) + values.shape[1:])
     out = values.new_zeros((B, T) + values.shape[1:])
     out[real] = values
+    return out
+
+
+def _unpick_rows(rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``[N, ...]`` values of the rows ``rows`` (``[B]``, N true) back to ``[B, ...]``, zeros elsewhere."""
+    out = values.new_zeros((len(rows),) + values.shape[1:])
+    out[rows] = values
     return out
 
 

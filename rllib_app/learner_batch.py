@@ -132,18 +132,20 @@ class BulkValueTargetBatch(ConnectorV2):
     def _state_in(module, episodes, rows_per_chunk: np.ndarray, T: int):
         """Each row's initial state: the STATE_OUT of the step before the row's first step."""
         initial = convert_to_numpy(module.get_initial_state())
-        states = []
+        # leaf by leaf (tree.flatten per chunk: map_structure costs ~30x more, per chunk)
+        initial_leaves = [np.asarray(x)[None] for x in tree.flatten(initial)]
+        per_leaf: list[list[np.ndarray]] = [[] for _ in initial_leaves]
         for e, n_rows in zip(episodes, rows_per_chunk):
             buffer = e.extra_model_outputs[Columns.STATE_OUT]
-            data, lookback = buffer.data, buffer.lookback
             # the step before step s of the chunk is index lookback + s - 1 of the buffer
-            idx = lookback - 1 + T * np.arange(n_rows)
-            if e.t_started == 0:
-                states.append(tree.map_structure(
-                    lambda i, d, idx=idx: np.concatenate([np.asarray(i)[None], d[idx[1:]]]), initial, data))
-            else:
-                states.append(tree.map_structure(lambda d, idx=idx: d[idx], data))
-        return tree.map_structure(lambda *s: np.concatenate(s).astype(np.float32, copy=False), *states)
+            idx = buffer.lookback - 1 + T * np.arange(n_rows)
+            for leaf, first, data in zip(per_leaf, initial_leaves, tree.flatten(buffer.data)):
+                if e.t_started == 0:
+                    leaf.append(first)
+                    leaf.append(data[idx[1:]])
+                else:
+                    leaf.append(data[idx])
+        return tree.unflatten_as(initial, [np.concatenate(p).astype(np.float32, copy=False) for p in per_leaf])
 
 
 def _single_stateful_module(rl_module):
@@ -165,11 +167,18 @@ def _bulk_ready(episode) -> bool:
             and (episode.t_started == 0 or episode.extra_model_outputs[Columns.STATE_OUT].lookback > 0))
 
 
+def _map(fn, data):
+    """``tree.map_structure(fn, data)``, without its cost for a bare array (nearly every
+    column: ~3k calls per batch)."""
+    return fn(data) if isinstance(data, np.ndarray) else tree.map_structure(fn, data)
+
+
 def _buffer_data(buffer):
     """An episode buffer's own steps (numpy form), without its lookback."""
-    return tree.map_structure(lambda d: d[buffer.lookback:], buffer.data)
+    lookback = buffer.lookback
+    return _map(lambda d: d[lookback:], buffer.data)
 
 
 def _with_repeat(data):
     """A chunk's per-step data plus its last step again (the bootstrap step's)."""
-    return tree.map_structure(lambda d: np.concatenate([d, d[-1:]]), data)
+    return _map(lambda d: np.concatenate([d, d[-1:]]), data)

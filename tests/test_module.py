@@ -204,6 +204,22 @@ def test_start_token_resets_the_state_and_padding_does_not():
     torch.testing.assert_close(c[Columns.ACTION_DIST_INPUTS][:, :2], b[Columns.ACTION_DIST_INPUTS])
 
 
+@pytest.mark.parametrize("extra", [{}, {"context_encoder": "gru", "context_attention": True},
+                                   {"context_every_step": True}])
+def test_an_episode_starting_inside_a_row_starts_from_its_own_context(extra):
+    """A row may hold an episode's end and the next one's start (a start token after the
+    first step): each part's outputs are those of the episode on its own."""
+    module = make_module(**extra)
+    first = episode_observations(0, (1, 2, 3), general_program(0))
+    second = episode_observations(1, (4, 5, 6, 7), general_program(1))
+    row = torch.as_tensor(np.concatenate([first, second]))[None]
+    state = {"h": torch.randn(1, module._hidden_size)}
+    together = module.forward_train({Columns.OBS: row, Columns.STATE_IN: state})[Columns.ACTION_DIST_INPUTS]
+    for part, start in ((first, 0), (second, len(first))):
+        alone = module.forward_train({Columns.OBS: torch.as_tensor(part)[None], Columns.STATE_IN: state})
+        torch.testing.assert_close(together[:, start:start + len(part)], alone[Columns.ACTION_DIST_INPUTS])
+
+
 def test_action_mask_removes_inapplicable_tools():
     module = make_module()
     obs = torch.as_tensor(episode_observations(0, (2, 3, 4), [ANS]))[None]  # STO, RCL inapplicable
