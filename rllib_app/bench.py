@@ -20,9 +20,10 @@ One run measures, side by side (``DIR/bench.json``, and a table on stdout):
    >= 0.99 on stage 0; on stages 0 and 1; on stages 0, 1, 2 and 2m) for IMPALA and
    A2C, each with ``toolagent train --algo ALGO``'s defaults (``rllib_app.train.train``,
    milestones read from its ``on_iteration`` hook, i.e. at its evaluations). A2C
-   evaluates every 2,048 env steps, as the baseline does (one training step per
-   iteration, ``--min-iteration-seconds 0 --eval-interval 2``), IMPALA every iteration
-   (>= 1 s, 2-4k env steps). Milestone times exclude evaluations and checkpoints. The
+   evaluates after every update (1,024 env steps: one training step per iteration,
+   ``--min-iteration-seconds 0 --eval-interval 1``), as the baseline does (2,048),
+   IMPALA every iteration (>= 1 s, 2-4k env steps). Milestone times exclude
+   evaluations and checkpoints. The
    table's last column compares the best of them (most milestones, the last one
    soonest) with the baseline.
 5. ``baseline``: the same for the hand-written batched A2C (``rllib_app.baseline``),
@@ -74,12 +75,6 @@ class BenchSettings:
     num_envs: tuple[int, ...] = (32, 256)
     algos: tuple[str, ...] = ALGOS
     seed: int = 0
-    #: env steps between evaluations, for the baseline and the synchronous RLlib trainings
-    #: alike (A2C then runs one training step per iteration, ``--min-iteration-seconds 0``,
-    #: and evaluates every ``eval_every_steps / batch`` iterations), so a milestone is seen
-    #: as soon after it is reached by both; its time excludes the evaluations. IMPALA
-    #: evaluates every iteration (>= 1 s: 2-4k env steps).
-    eval_every_steps: int = 2048
     #: which of ``SECTIONS`` to run (the milestones alone: baseline and rllib_training)
     sections: tuple[str, ...] = SECTIONS
 
@@ -341,7 +336,7 @@ def bench_rllib_training_row(algo: str, settings: BenchSettings, output: pathlib
     from rllib_app.train import train
 
     cfg = TrainConfig(algo=algo, max_minutes=settings.minutes_per_training, seed=settings.seed,
-                      output=str(output), **_evaluation_flags(algo, settings.eval_every_steps)).validate()
+                      output=str(output), **_evaluation_flags(algo)).validate()
     points: list[dict[str, Any]] = []
 
     def on_iteration(metrics: dict[str, Any], checkpoint) -> None:
@@ -357,7 +352,7 @@ def bench_rllib_training_row(algo: str, settings: BenchSettings, output: pathlib
     seconds = summary["wall_seconds"]
     return {
         "algo": cfg.algo, "config": f"toolagent train --algo {cfg.algo} defaults, " + " ".join(
-            f"--{k.replace('_', '-')} {v:g}" for k, v in _evaluation_flags(algo, settings.eval_every_steps).items()),
+            f"--{k.replace('_', '-')} {v:g}" for k, v in _evaluation_flags(algo).items()),
         "num_env_runners": cfg.num_env_runners,
         "num_envs_per_env_runner": cfg.num_envs_per_env_runner, "fast_env_runner": cfg.fast_env_runner,
         "native_vector_env": cfg.native_vector_env, "budget_minutes": cfg.max_minutes,
@@ -369,20 +364,23 @@ def bench_rllib_training_row(algo: str, settings: BenchSettings, output: pathlib
     }
 
 
-def _evaluation_flags(algo: str, eval_every_steps: int) -> dict[str, Any]:
-    """The ``TrainConfig`` fields that make ``algo``'s training evaluate about every
-    ``eval_every_steps`` env steps."""
+def _evaluation_flags(algo: str) -> dict[str, Any]:
+    """The ``TrainConfig`` fields with which ``algo``'s training evaluates after every update
+    (a synchronous algorithm: one training step per iteration), as the baseline does, so a
+    milestone is seen as soon as either side's policy reaches it; IMPALA, asynchronous,
+    evaluates every iteration (>= 1 s, 2-4k env steps)."""
     if algo not in SYNCHRONOUS_ALGOS:
         return {"eval_interval": 1}
-    batch = TrainConfig(algo=algo).train_batch_size_per_learner
-    return {"min_iteration_seconds": 0, "eval_interval": max(1, round(eval_every_steps / batch))}
+    return {"min_iteration_seconds": 0, "eval_interval": 1}
 
 
 def bench_baseline(settings: BenchSettings, output: pathlib.Path) -> dict[str, Any]:
     from rllib_app import baseline
 
     args = baseline.Args(seed=settings.seed, max_seconds=settings.minutes_per_training * 60, verbose=False,
-                         eval_every_steps=settings.eval_every_steps, output=str(output / "baseline.json"))
+                         output=str(output / "baseline.json"))
+    # evaluated after every update, as the RLlib trainings are (_evaluation_flags)
+    args = dataclasses.replace(args, eval_every_steps=args.num_envs * args.rollout_steps)
     sampling = baseline.sampling_rate(args, seconds=min(settings.sampling_seconds, 5.0))
     with _quiet(output / "baseline.log"):
         result = baseline.train(args)
