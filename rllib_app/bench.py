@@ -80,12 +80,12 @@ class BenchSettings:
 
     @classmethod
     def make(cls, output: str, quick: bool, minutes: float | None, seed: int,
-             sections: tuple[str, ...] = SECTIONS) -> BenchSettings:
+             sections: tuple[str, ...] = SECTIONS, algos: tuple[str, ...] = ALGOS) -> BenchSettings:
         if quick:
             return cls(pathlib.Path(output), quick=True, minutes_per_training=minutes or 25 / 60,
-                       sampling_seconds=2.0, num_envs=(32,), seed=seed, sections=sections)
+                       sampling_seconds=2.0, num_envs=(32,), seed=seed, sections=sections, algos=algos)
         return cls(pathlib.Path(output), minutes_per_training=15.0 if minutes is None else minutes, seed=seed,
-                   sections=sections)
+                   sections=sections, algos=algos)
 
 
 def _log(text: str) -> None:
@@ -322,7 +322,7 @@ def bench_rllib_training(settings: BenchSettings, output: pathlib.Path) -> list[
     """One training per algorithm of ``TRAINING_ALGOS``, each with ``toolagent train --algo
     ALGO``'s defaults; a failed one is an ``error`` row and does not lose the others."""
     rows = []
-    for algo in TRAINING_ALGOS:
+    for algo in (a for a in TRAINING_ALGOS if a in settings.algos):
         _log(f"  rllib training: {algo} ({settings.minutes_per_training * 60:.0f} s) ...")
         try:
             rows.append(bench_rllib_training_row(algo, settings, output / algo))
@@ -587,6 +587,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sections", default=",".join(SECTIONS), metavar="A,B",
                         help=f"which sections to run, of {', '.join(SECTIONS)} (default: all; the milestones "
                              "alone: baseline,rllib_training)")
+    parser.add_argument("--algos", default=",".join(ALGOS), metavar="A,B",
+                        help=f"which RLlib algorithms to sample and train, of {', '.join(ALGOS)} (default: all; "
+                             f"the milestones are trained for {' and '.join(TRAINING_ALGOS)})")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -598,6 +601,9 @@ def main(args: argparse.Namespace) -> int:
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown or not sections:
         raise UsageError(f"--sections {args.sections!r}: each must be one of {', '.join(SECTIONS)}")
+    algos = tuple(a.strip() for a in args.algos.split(",") if a.strip())
+    if not algos or any(a not in ALGOS for a in algos):
+        raise UsageError(f"--algos {args.algos!r}: each must be one of {', '.join(ALGOS)}")
     out = pathlib.Path(args.output)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--output {args.output!r} is not a directory")
@@ -609,8 +615,10 @@ def main(args: argparse.Namespace) -> int:
     command = " ".join(["toolagent bench", *(["--quick"] if args.quick else []), "--output", args.output,
                         *([f"--minutes-per-training {args.minutes_per_training:g}"] if args.minutes_per_training else []),
                         *([f"--seed {args.seed}"] if args.seed else []),
-                        *([f"--sections {','.join(sections)}"] if sections != SECTIONS else [])])
-    report = run(BenchSettings.make(args.output, args.quick, args.minutes_per_training, args.seed, sections), command)
+                        *([f"--sections {','.join(sections)}"] if sections != SECTIONS else []),
+                        *([f"--algos {','.join(algos)}"] if algos != ALGOS else [])])
+    report = run(BenchSettings.make(args.output, args.quick, args.minutes_per_training, args.seed, sections, algos),
+                 command)
     print(report["table"])
     print(f"\nwrote {out / 'bench.json'} ({report['total_seconds']:.0f} s)")
     failed = [k for k in SECTIONS if isinstance(report.get(k), dict) and "error" in report[k]]

@@ -150,6 +150,7 @@ def test_the_table_compares_the_best_rllib_training_with_the_baseline():
     (["--seed", "-1"], "--seed must be >= 0, got -1"),
     (["--output", "pyproject.toml"], "--output 'pyproject.toml' is not a directory"),
     (["--sections", "baseline,gpu"], "--sections 'baseline,gpu': each must be one of raw_env, inference"),
+    (["--algos", "a2c,dqn"], "--algos 'a2c,dqn': each must be one of impala, a2c, ppo"),
 ])
 def test_bench_usage_errors(args, expected):
     proc = run_cli("bench", *args, timeout=120)
