@@ -179,7 +179,7 @@ class TrainConfig:
     )
     # -- stopping, evaluation, output ---------------------------------------------------------------
     target_accuracy: float = flag(0.99, "stop when greedy accuracy on every stage reaches this", minimum=0, maximum=1)
-    max_minutes: float = flag(15.0, "wall-clock budget of the run", minimum=0, strict_min=True)
+    max_minutes: float = flag(15.0, "wall-clock budget of the run (a resumed run counts the minutes it has already trained)", minimum=0, strict_min=True)
     max_iterations: int = flag(0, "iteration budget (0: none)", minimum=0)
     min_iteration_seconds: float = flag(
         1.0, "an iteration trains until this many seconds have passed; 0: one training step per iteration, "
