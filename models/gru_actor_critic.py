@@ -256,7 +256,7 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Infe
             initial = _unpick(start_steps, initial, B, T)  # [B, T, H]
             starts = start_steps.unsqueeze(-1)  # [B, T, 1]
         else:
-            h = torch.where(start_steps[:, :1], _unpick_rows(start_steps[:, 0], initial), h)
+            h = torch.where(start_steps[:, :1], _unpick(start_steps[:, :1], initial, B, 1)[:, 0], h)
         # Rows sorted longest first, so the rows still running at step t are a prefix and the
         # GRU steps only those: a learner batch is mostly zero padding (one episode chunk per
         # row of max_seq_len), and the recurrence is causal, so real steps are unchanged.
@@ -325,13 +325,6 @@ def _unpick(real: Optional[torch.Tensor], values: torch.Tensor, B: int, T: int) 
         return values.reshape((B, T) + values.shape[1:])
     out = values.new_zeros((B, T) + values.shape[1:])
     out[real] = values
-    return out
-
-
-def _unpick_rows(rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """``[N, ...]`` values of the rows ``rows`` (``[B]``, N true) back to ``[B, ...]``, zeros elsewhere."""
-    out = values.new_zeros((len(rows),) + values.shape[1:])
-    out[rows] = values
     return out
 
 

@@ -23,9 +23,8 @@ One run measures, side by side (``DIR/bench.json``, and a table on stdout):
    evaluates after every update (1,024 env steps: one training step per iteration,
    ``--min-iteration-seconds 0 --eval-interval 1``), as the baseline does (2,048),
    IMPALA every iteration (>= 1 s, 2-4k env steps). Milestone times exclude
-   evaluations and checkpoints. The
-   table's last column compares the best of them (most milestones, the last one
-   soonest) with the baseline.
+   evaluations and checkpoints. The table's last column compares the best of them
+   (most milestones, the last one soonest) with the baseline.
 5. ``baseline``: the same for the hand-written batched A2C (``rllib_app.baseline``),
    with the same time budget, plus its sampling rate alone.
 
