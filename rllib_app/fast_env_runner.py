@@ -56,6 +56,8 @@ What else it takes to go fast, each giving RLlib's results:
 * ``get_metrics`` logs only the done episodes RLlib's windowed episode stats keep;
 * ``on_episode_end``'s ``metrics_logger.log_value(..., reduce="sum")`` calls are added
   up per key and logged once per ``sample()``;
+* a remote runner's episodes go out as ``PickledEpisodes``: pickled in one C-pickler
+  call instead of Ray's per-object serializer (a plain ``list`` again when unpickled);
 * a remote runner's process (a Ray actor) is ``gc.freeze()``-d after its first fast ``sample()``
   (``freeze_gc``): full collections otherwise walk the ~430k objects Ray, torch and
   gymnasium leave behind.
@@ -66,6 +68,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import pickle
 import time
 import uuid
 from dataclasses import dataclass
@@ -89,7 +92,7 @@ from ray.rllib.utils.numpy import convert_to_numpy
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ToolMachineEnvRunner"]
+__all__ = ["PickledEpisodes", "ToolMachineEnvRunner"]
 
 #: The default connector pieces of a single-agent torch env runner (what this runner
 #: replaces); any other piece means the fast loop would skip its work.
@@ -134,6 +137,17 @@ class _EnvState:
     random_actions: bool = False  # the kind of actions its episodes were sampled with
 
 
+class PickledEpisodes(list):
+    """A list of episode chunks that pickles as one bytes object, and unpickles as a plain
+    ``list``. Ray's serializer calls a Python ``reducer_override`` and a ``ChainMap`` lookup
+    for every object and keeps every numpy array as an out-of-band buffer: for the ~1,350
+    chunks of a 256-env sample ``ray.put`` took 0.63 s in a runner actor, twice the
+    sampling itself. The C pickler writes the same episodes in 0.26 s."""
+
+    def __reduce__(self):
+        return pickle.loads, (pickle.dumps(list(self), protocol=pickle.HIGHEST_PROTOCOL),)
+
+
 def _in_ray_actor() -> bool:
     try:
         return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
@@ -165,6 +179,13 @@ class ToolMachineEnvRunner(SingleAgentEnvRunner):
         self._fast_init_state = None
         self._gc_frozen = False
         self._fast_episodes: Optional[bool] = None  # direct episode assembly: unchecked/checked ok/differs
+
+    def sample(self, **kwargs):
+        """RLlib's ``sample()``; in a Ray actor its episodes are a ``PickledEpisodes``, so
+        sending them (a remote call's result, ``sample_get_state_and_metrics``' ``ray.put``)
+        does not walk every object in Python."""
+        episodes = super().sample(**kwargs)
+        return PickledEpisodes(episodes) if _in_ray_actor() else episodes
 
     # -- when the fast loop applies ------------------------------------------------------
     def _unsupported_reason(self) -> Optional[str]:

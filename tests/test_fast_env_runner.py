@@ -11,7 +11,7 @@ from conftest import SMALL
 from envs.machine import ANS
 from rllib_app.algorithms import MODULE_ID, build_config
 from rllib_app.config import TrainConfig
-from rllib_app.fast_env_runner import ToolMachineEnvRunner
+from rllib_app.fast_env_runner import PickledEpisodes, ToolMachineEnvRunner
 
 
 def _runners(num_envs=6, fragment=5, lookback=1, smoothing=100):
@@ -174,6 +174,23 @@ def test_per_step_episode_hooks_fall_back_to_rllibs_loop():
     assert "on_episode_step" in runner._fast_unsupported
     runner.sample(num_timesteps=10)
     assert Steps.seen >= 10 and runner._fast is None
+
+
+def test_pickled_episodes_unpickle_as_the_same_chunks(local_ray):
+    """What a remote runner sends (``ray.put`` of its ``sample()``): a plain list of the
+    same chunks on the other side, lookback buffers included."""
+    import ray
+
+    _, fast = _runners()
+    fast.sample(explore=True)
+    chunks = fast.sample(explore=True)
+    assert any(e.t_started > 0 for e in chunks) and any(e.is_done for e in chunks)
+    received = ray.get(ray.put(PickledEpisodes(chunks)))
+    assert type(received) is list
+    _same_chunks(chunks, received, {})
+    assert [e.id_ for e in received] == [e.id_ for e in chunks]
+    # a runner outside a Ray actor (the driver's) hands its list over as it is
+    assert type(fast.sample(explore=True)) is list
 
 
 @pytest.mark.integration
