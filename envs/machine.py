@@ -41,6 +41,28 @@ TOKEN_OPERATOR = {token: tool for tool, token in OPERATOR_TOKEN.items()}
 OPERATOR_STAGE = {k: stage for stage, counts in EXPRESSION_OPERATORS.items() for k in counts}
 #: All stages, in order: the digit stages 0-4, then the expression stages.
 STAGES = tuple(STAGE_DIGITS) + EXPRESSION_STAGES
+#: An expression's operator pattern as one integer: the patterns of k operators are
+#: ``PATTERN_OFFSET[k] .. PATTERN_OFFSET[k] + 3**k - 1``, operator i the i-th base-3 digit
+#: (``ARITHMETIC`` order). ``NO_PATTERN`` for a digit stage.
+PATTERN_OFFSET = {k: sum(3**j for j in range(1, k)) for k in range(1, MAX_OPERATORS + 1)}
+NUM_PATTERNS = PATTERN_OFFSET[MAX_OPERATORS] + 3**MAX_OPERATORS
+NO_PATTERN = -1
+
+
+def pattern_code(operators: Sequence[int]) -> int:
+    """The pattern number of an operator sequence (``NO_PATTERN`` for none)."""
+    if not operators:
+        return NO_PATTERN
+    return PATTERN_OFFSET[len(operators)] + sum(ARITHMETIC.index(op) * 3**i for i, op in enumerate(operators))
+
+
+def pattern_operators(code: int) -> tuple[int, ...]:
+    """The operator sequence of a pattern number (inverse of ``pattern_code``)."""
+    k = max(k for k, offset in PATTERN_OFFSET.items() if offset <= code)
+    index = code - PATTERN_OFFSET[k]
+    if not 0 <= index < 3**k:
+        raise ValueError(f"pattern numbers are 0..{NUM_PATTERNS - 1}, got {code}")
+    return tuple(ARITHMETIC[index // 3**i % 3] for i in range(k))
 
 
 def expression_value(digits: Sequence[int], operators: Sequence[int]) -> int:

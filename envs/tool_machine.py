@@ -34,7 +34,9 @@ from envs.machine import (
     MAX_OPERATORS,
     MEMORY_STAGES,
     NUM_ACTIONS,
+    NUM_PATTERNS,
     OPERATOR_TOKEN,
+    PATTERN_OFFSET,
     SEED_EPISODE_TOKENS,
     STAGE_DIGITS,
     STAGES,
@@ -42,6 +44,8 @@ from envs.machine import (
     SeedState,
     apply_tool,
     needs_memory,
+    pattern_code,
+    pattern_operators,
     seed_apply,
     seed_reward,
     stage_target,
@@ -91,8 +95,35 @@ def context_tokens(stage: int, digits: Sequence[int], operators: Sequence[int] =
         tokens += [OPERATOR_TOKEN[op], int(x)]
     return tuple(tokens)
 
+def pattern_cdfs(weights: Sequence[float] | None) -> dict[int, np.ndarray]:
+    """Checked ``set_pattern_weights`` weights (one per pattern number) as cumulative
+    distributions per operator count: ``{k: (over all its patterns, over those that need
+    memory or None)}``; a count whose weights are all zero has none."""
+    if weights is None:
+        return {}
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (NUM_PATTERNS,) or not np.isfinite(w).all() or np.any(w < 0):
+        raise ValueError(
+            f"pattern weights must be {NUM_PATTERNS} non-negative numbers (one per pattern number, "
+            f"envs.machine.pattern_code), got an array of shape {w.shape}"
+        )
+    cdfs = {}
+    for k, offset in PATTERN_OFFSET.items():
+        block = w[offset: offset + 3**k]
+        if block.sum() > 0:
+            hard = block * _NEEDS_MEMORY[k]
+            cdfs[k] = (np.cumsum(block / block.sum()), np.cumsum(hard / hard.sum()) if hard.sum() > 0 else None)
+    return cdfs
+
+
+#: Per operator count, whether each pattern (in pattern-number order) needs memory.
+_NEEDS_MEMORY = {k: np.array([needs_memory(pattern_operators(offset + i)) for i in range(3**k)])
+                 for k, offset in PATTERN_OFFSET.items()}
+
+
 def draw_expression(
-    rng: np.random.Generator, stage: int, options: Mapping[str, Any] | None = None, hard_fraction: float = 0.0
+    rng: np.random.Generator, stage: int, options: Mapping[str, Any] | None = None, hard_fraction: float = 0.0,
+    pattern_cdf: Mapping[int, tuple[np.ndarray, np.ndarray | None]] | None = None,
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """An expression stage's task ``(digits, operators)``: ``options``' ``digits`` and
     ``operators`` if given (checked), else drawn from ``rng`` as ``MAX_OPERATORS + 1``
@@ -100,7 +131,9 @@ def draw_expression(
     has no ``num_operators``) the operator count, always in this order and number.
     With ``hard_fraction`` > 0, a first ``random() < hard_fraction`` makes the task one
     that needs memory (drawn again until ``needs_memory``), as the digit stages' hard
-    contexts do."""
+    contexts do. With a ``pattern_cdf`` (``pattern_cdfs``) for the drawn count, one more
+    ``random()`` picks the operators from it instead (the drawn operators are unused); a
+    hard task from its patterns that need memory (uniformly if it weights none)."""
     counts = EXPRESSION_OPERATORS[stage]
     options = options or {}
     if "digits" in options or "operators" in options:
@@ -122,7 +155,13 @@ def draw_expression(
         digits = rng.integers(0, 10, size=MAX_OPERATORS + 1)
         operators = rng.integers(0, len(ARITHMETIC), size=MAX_OPERATORS)
         count = k if k is not None else counts[int(rng.integers(len(counts)))] if len(counts) > 1 else counts[0]
-        task = tuple(int(x) for x in digits[: count + 1]), tuple(int(ARITHMETIC[o]) for o in operators[:count])
+        cdf = pattern_cdf[count][hard] if pattern_cdf and count in pattern_cdf else None
+        if cdf is not None:
+            pick = int(np.searchsorted(cdf, rng.random(), side="right"))
+            ops = pattern_operators(PATTERN_OFFSET[count] + min(pick, 3**count - 1))
+        else:
+            ops = tuple(int(ARITHMETIC[o]) for o in operators[:count])
+        task = tuple(int(x) for x in digits[: count + 1]), ops
         if not hard or needs_memory(task[1]):
             return task
 
@@ -207,6 +246,7 @@ class ToolMachineEnv(gym.Env):
             {s: memory_required_contexts(s) for s in MEMORY_STAGES} if self.hard_fraction > 0 else {}
         )
         self._stage_weights = np.eye(NUM_STAGES)[self._check_stage(config.get("stage", 0))]
+        self._pattern_cdfs: dict[int, np.ndarray] = {}
         self.shaping = config.get("shaping", 0.0)
         self.shaping_gamma = config.get("shaping_gamma", 0.99)
         for name, value in (("shaping", self.shaping), ("shaping_gamma", self.shaping_gamma)):
@@ -252,6 +292,16 @@ class ToolMachineEnv(gym.Env):
     def stage_weights(self) -> np.ndarray:
         return self._stage_weights.copy()
 
+    def set_pattern_weights(self, weights: Sequence[float] | None) -> None:
+        """Draw a k-operator expression's operators in proportion to these weights, one per
+        pattern number (``envs.machine.pattern_code``), for every k whose weights are not
+        all zero; the other counts, and ``None``, draw them uniformly."""
+        self._pattern_cdfs = pattern_cdfs(weights)
+
+    @property
+    def pattern_cdfs(self) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:
+        return dict(self._pattern_cdfs)
+
     # -- gymnasium API -------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
@@ -262,7 +312,8 @@ class ToolMachineEnv(gym.Env):
             self.stage = int(self.np_random.choice(NUM_STAGES, p=self._stage_weights))
         operators: tuple[int, ...] = ()
         if self.stage in EXPRESSION_OPERATORS:
-            digits, operators = draw_expression(self.np_random, self.stage, options, self.hard_fraction)
+            digits, operators = draw_expression(self.np_random, self.stage, options, self.hard_fraction,
+                                                self._pattern_cdfs)
         elif "digits" in options:
             digits = tuple(int(x) for x in options["digits"])
         elif self.stage in self._hard_contexts and self.np_random.random() < self.hard_fraction:
@@ -318,6 +369,7 @@ class ToolMachineEnv(gym.Env):
                 answer=0 if submitted is None else int(submitted),
                 correct=bool(correct),
                 steps=self._steps,
+                pattern=pattern_code(self.operators),
             )
         return self._observation(), reward, terminated, truncated, info
 

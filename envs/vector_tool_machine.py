@@ -52,11 +52,14 @@ from envs.batched_rng import PCG64Streams, lemire, take_uint32, to_double
 from envs.machine import (
     ADD,
     ANS,
+    ARITHMETIC,
     EXPRESSION_OPERATORS,
     MAX_OPERATORS,
     MEMORY_STAGES,
     MUL,
+    NO_PATTERN,
     OPERATOR_TOKEN,
+    PATTERN_OFFSET,
     RCL,
     STAGE_DIGITS,
     STAGES,
@@ -101,7 +104,12 @@ _PATH_WIDTH = max(int(_PATH_LEN.max()), *(longest_oracle_program(s) - 1 for s in
 # Info keys at the end of an episode, in the single env's order, with their dtypes
 # (what ``VectorEnv._add_info`` makes of the single env's Python values).
 _END_KEYS = (("target", np.int64), ("answered", np.bool_), ("answer", np.int64), ("correct", np.bool_),
-             ("steps", np.int64))
+             ("steps", np.int64), ("pattern", np.int64))
+# pattern_code on arrays: the first pattern number of k operators (NO_PATTERN for none), and
+# each operator tool's base-3 digit.
+_PATTERN_BASE = np.array([NO_PATTERN] + [PATTERN_OFFSET[k] for k in range(1, MAX_OPERATORS + 1)], dtype=np.int64)
+_OPERATOR_DIGIT = np.zeros(max(ARITHMETIC) + 1, dtype=np.int64)
+_OPERATOR_DIGIT[list(ARITHMETIC)] = np.arange(len(ARITHMETIC))
 
 
 def _exact_apply(regs: tuple, tool: np.ndarray, digits: np.ndarray, num_digits: np.ndarray) -> tuple:
@@ -243,6 +251,7 @@ class ToolMachineVectorEnv(VectorEnv):
         self._num_digits = np.zeros(n, dtype=np.int64)  # digits the machine reads / the agent sees
         self._limit = np.zeros(n, dtype=np.int64)  # the episode's step limit
         self._target = np.zeros(n, dtype=np.int64)
+        self._pattern = np.full(n, NO_PATTERN, dtype=np.int64)  # pattern_code of the operators
         # Registers. Exact: acc, mem (+ "is set"), cursor, armed. Seed: ``acc`` is
         # ``last`` and ``mem`` holds the _SEED_MEM_* code.
         self._acc = np.zeros(n, dtype=np.int64)
@@ -282,6 +291,14 @@ class ToolMachineVectorEnv(VectorEnv):
     def stage_weights(self) -> np.ndarray:
         """The normalised stage weights every env draws from."""
         return self._proto.stage_weights
+
+    def set_pattern_weights(self, weights: Sequence[float] | None) -> None:
+        """Every env draws an expression's operators from these (``ToolMachineEnv.set_pattern_weights``)."""
+        self._proto.set_pattern_weights(weights)
+
+    @property
+    def pattern_cdfs(self) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:
+        return self._proto.pattern_cdfs
 
     def _set_weights(self, weights: np.ndarray) -> None:
         self._weights = weights
@@ -409,6 +426,7 @@ class ToolMachineVectorEnv(VectorEnv):
                 np.where(submitted, self._acc, 0),
                 correct,
                 steps,
+                self._pattern,
             )
             for (key, dtype), value in zip(_END_KEYS, values):
                 infos[key] = np.where(done, value, 0).astype(dtype, copy=False)
@@ -537,7 +555,7 @@ class ToolMachineVectorEnv(VectorEnv):
             s = int(rng.choice(NUM_STAGES, p=self._weights)) if stage is None else stage
             stages[j] = s
             if s in EXPRESSION_OPERATORS:
-                xs, ops = draw_expression(rng, s, options, self.hard_fraction)
+                xs, ops = draw_expression(rng, s, options, self.hard_fraction, self._proto._pattern_cdfs)
                 digits[j, : len(xs)], operators[j, : len(ops)] = xs, ops
                 lengths[j], num_ops[j] = len(xs), len(ops)
             elif fixed is None:
@@ -573,6 +591,9 @@ class ToolMachineVectorEnv(VectorEnv):
         for j in np.flatnonzero(expression).tolist():
             targets[j] = expression_value(digits[j, : num_digits[j]], operators[j, : num_ops[j]])
         self._target[idx] = targets
+        codes = _PATTERN_BASE[num_ops] + (_OPERATOR_DIGIT[operators] * 3 ** np.arange(MAX_OPERATORS)
+                                          * (np.arange(MAX_OPERATORS) < num_ops[:, None])).sum(axis=1)
+        self._pattern[idx] = codes
         self._acc[idx] = 0
         self._acc_set[idx] = False
         self._mem[idx] = 0

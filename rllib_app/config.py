@@ -145,6 +145,11 @@ class TrainConfig:
     )
     progress_window: int = flag(8, "progress schedule: accuracy points per stage the slope is fitted over", minimum=2)
     progress_episodes: int = flag(64, "progress schedule: episodes of a stage per accuracy point", minimum=1)
+    pattern_focus: float = flag(
+        0.0, "expression stages: share of each operator count's episodes whose operator pattern (e.g. a*b-c) is "
+        "drawn in proportion to its recent sampled error (0: all patterns equally often)", minimum=0, maximum=1,
+    )
+    pattern_window: int = flag(50, "expression stages: episodes of a pattern its recent error is averaged over", minimum=1)
     # -- optimisation ----------------------------------------------------------------------------
     lr: float = flag(2e-3, "learning rate", minimum=0, strict_min=True)
     entropy_coeff: float = flag(0.03, "entropy bonus coefficient", minimum=0)
@@ -292,6 +297,8 @@ class TrainConfig:
             progress_floor=self.progress_floor,
             progress_window=self.progress_window,
             progress_episodes=self.progress_episodes,
+            pattern_focus=self.pattern_focus,
+            pattern_window=self.pattern_window,
         )
 
     def entropy(self) -> float | list[list[float]]:

@@ -13,11 +13,26 @@ import math
 from ray.rllib.callbacks.callbacks import RLlibCallback
 
 from envs import NUM_STAGES
+from envs.machine import NO_PATTERN
 from rllib_app.schedules import Curriculum, CurriculumSettings
 
 
 def _stage_metric(stage: int, what: str) -> str:
     return f"curriculum/stage_{stage}_{what}"
+
+
+_PATTERN_PREFIX = "curriculum/pattern_"
+
+
+def _pattern_metric(code: int, what: str) -> str:
+    return f"{_PATTERN_PREFIX}{code}_{what}"
+
+
+def _pattern_counts(runners: dict) -> dict[int, tuple[int, int]]:
+    """``{pattern number: (episodes, correct)}`` from the env runners' pattern metrics."""
+    codes = {int(key[len(_PATTERN_PREFIX):].split("_")[0]) for key in runners if key.startswith(_PATTERN_PREFIX)}
+    return {code: (_count(runners.get(_pattern_metric(code, "episodes"))),
+                   _count(runners.get(_pattern_metric(code, "correct")))) for code in codes}
 
 
 def finite_metric(value) -> float | None:
@@ -44,8 +59,9 @@ def _tool_machines(env) -> list:
     return [e.unwrapped for e in getattr(base, "envs", [])]
 
 
-def apply_stage_weights(env_runner, weights) -> list:
-    """Set ``weights`` on every env of ``env_runner``; returns what each env now has.
+def apply_stage_weights(env_runner, weights, pattern_weights=None) -> list:
+    """Set ``weights`` (and ``pattern_weights``, if given) on every env of ``env_runner``;
+    returns the stage weights each env now has.
 
     Never raises: an exception here would kill the remote env runner actor.
     """
@@ -53,6 +69,8 @@ def apply_stage_weights(env_runner, weights) -> list:
         machines = _tool_machines(getattr(env_runner, "env", None))
         for m in machines:
             m.set_stage_weights(weights)
+            if pattern_weights is not None:
+                m.set_pattern_weights(pattern_weights)
         return [list(m.stage_weights) for m in machines]
     except Exception as exc:  # pragma: no cover - reported, not raised
         return [f"error: {exc!r}"]
@@ -81,6 +99,10 @@ class CurriculumCallback(RLlibCallback):
         stage = int(info["stage"])
         metrics_logger.log_value(_stage_metric(stage, "episodes"), 1, reduce="sum")
         metrics_logger.log_value(_stage_metric(stage, "correct"), int(info["correct"]), reduce="sum")
+        if self.curriculum.settings.pattern_focus and int(info.get("pattern", NO_PATTERN)) != NO_PATTERN:
+            code = int(info["pattern"])
+            metrics_logger.log_value(_pattern_metric(code, "episodes"), 1, reduce="sum")
+            metrics_logger.log_value(_pattern_metric(code, "correct"), int(info["correct"]), reduce="sum")
 
     # -- driver side -------------------------------------------------------------------
     def on_algorithm_init(self, *, algorithm, **kwargs) -> None:
@@ -92,9 +114,12 @@ class CurriculumCallback(RLlibCallback):
             s: (_count(runners.get(_stage_metric(s, "episodes"))), _count(runners.get(_stage_metric(s, "correct"))))
             for s in range(NUM_STAGES)
         }
-        if self.curriculum.update(counts):
-            self.push(algorithm)
         cur = self.curriculum
+        changed = cur.update(counts)
+        if cur.settings.pattern_focus:  # the pattern weights follow every iteration's episodes
+            cur.update_patterns(_pattern_counts(runners))
+        if changed or cur.settings.pattern_focus:
+            self.push(algorithm)
         result["curriculum"] = {
             "stage": cur.stage,
             "stage_weights": cur.stage_weights(),
@@ -109,18 +134,18 @@ class CurriculumCallback(RLlibCallback):
         # Recreated runners come back with the driver's original env_config.
         if not is_evaluation:
             self.env_runner_restarts += len(env_runner_indices)
-        weights = self.curriculum.stage_weights()
+        weights, patterns = self.curriculum.stage_weights(), self.curriculum.pattern_weights()
         env_runner_group.foreach_env_runner(
-            lambda er: apply_stage_weights(er, weights),
+            lambda er: apply_stage_weights(er, weights, patterns),
             remote_worker_ids=env_runner_indices,
             local_env_runner=False,
         )
 
     def push(self, algorithm) -> list:
         """Send the current stage weights to every env runner; returns their envs' weights."""
-        weights = self.curriculum.stage_weights()
+        weights, patterns = self.curriculum.stage_weights(), self.curriculum.pattern_weights()
         return algorithm.env_runner_group.foreach_env_runner(
-            lambda er: apply_stage_weights(er, weights), local_env_runner=True
+            lambda er: apply_stage_weights(er, weights, patterns), local_env_runner=True
         )
 
 

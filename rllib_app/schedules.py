@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from envs import NUM_STAGES, SPEC_STAGES
+from envs.machine import EXPRESSION_OPERATORS, NUM_PATTERNS, PATTERN_OFFSET
 
 SCHEDULES = ("threshold", "fixed", "progress")
 #: The threshold schedule's default path, and the one with the memory drills
@@ -43,6 +44,11 @@ class CurriculumSettings:
     progress_window: int = 8
     #: progress schedule: episodes of a stage that make one accuracy point.
     progress_episodes: int = 64
+    #: expression stages: share of each operator count's draws given to its operator
+    #: patterns in proportion to their recent error (0: every pattern equally often).
+    pattern_focus: float = 0.0
+    #: expression stages: episodes of a pattern its recent error is averaged over.
+    pattern_window: int = 50
 
 
 @dataclass
@@ -58,6 +64,8 @@ class Curriculum:
     #: (iteration, accuracy) per stage, newest last.
     _pending: dict = field(default_factory=lambda: {s: [0, 0] for s in range(NUM_STAGES)})
     _points: dict = field(default_factory=lambda: {s: [] for s in range(NUM_STAGES)})
+    #: pattern focus: decayed (episodes, correct) per pattern number.
+    _patterns: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.stage = self.stages()[0]
@@ -107,6 +115,43 @@ class Curriculum:
             self.stage = new_stage
             self.promotions.append((self.iteration, new_stage))
         return self.stage_weights() != before
+
+    # -- pattern focus ---------------------------------------------------------------------
+    def update_patterns(self, counts: dict[int, tuple[int, int]]) -> None:
+        """Record one iteration's sampled ``{pattern number: (episodes, correct)}``: each
+        episode of a pattern weighs ``1 - 1/pattern_window`` times the one after it (the
+        iteration's episodes count as interleaved), so about ``pattern_window`` count."""
+        window = self.settings.pattern_window
+        keep = 1.0 - 1.0 / window
+        for code, (n, c) in counts.items():
+            if n:
+                old_n, old_c = self._patterns.get(code, (0.0, 0.0))
+                decay = keep**n
+                weight = (1.0 - decay) * window  # the iteration's n episodes, decayed among themselves
+                self._patterns[code] = (old_n * decay + weight, old_c * decay + weight * c / n)
+
+    def pattern_error(self, code: int) -> float:
+        """A pattern's recent error rate, (failures + 1) / (episodes + 2): 0.5 unseen."""
+        n, c = self._patterns.get(code, (0.0, 0.0))
+        return (n - c + 1.0) / (n + 2.0)
+
+    def pattern_weights(self) -> list[float] | None:
+        """One weight per pattern number (``envs.machine.pattern_code``) for the operator
+        counts of the curriculum's expression stages: ``1 - pattern_focus`` spread evenly
+        over a count's patterns, ``pattern_focus`` in proportion to their errors. None when
+        the focus is off or no expression stage is trained."""
+        focus = self.settings.pattern_focus
+        counts = sorted({k for s in self.stages() for k in EXPRESSION_OPERATORS.get(s, ())})
+        if not focus or not counts:
+            return None
+        weights = [0.0] * NUM_PATTERNS
+        for k in counts:
+            codes = range(PATTERN_OFFSET[k], PATTERN_OFFSET[k] + 3**k)
+            errors = [self.pattern_error(code) for code in codes]
+            total = sum(errors)
+            for code, error in zip(codes, errors):
+                weights[code] = (1.0 - focus) / 3**k + focus * error / total
+        return weights
 
     # -- the progress teacher (Matiisen et al. 2017, "Window" variant) --------------------
     def _add_progress_point(self, stage: int, episodes: int, correct: int) -> None:
@@ -178,6 +223,7 @@ class Curriculum:
             "recent": {str(s): [list(x) for x in q] for s, q in self._recent.items()},
             "pending": {str(s): list(v) for s, v in self._pending.items()},
             "points": {str(s): [list(x) for x in v] for s, v in self._points.items()},
+            "patterns": {str(code): list(v) for code, v in self._patterns.items()},
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -190,3 +236,4 @@ class Curriculum:
         # .get: checkpoints from before the progress schedule have neither.
         self._pending = {s: list(state.get("pending", {}).get(str(s), [0, 0])) for s in range(NUM_STAGES)}
         self._points = {s: [tuple(x) for x in state.get("points", {}).get(str(s), [])] for s in range(NUM_STAGES)}
+        self._patterns = {int(code): tuple(v) for code, v in state.get("patterns", {}).items()}

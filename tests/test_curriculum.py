@@ -130,3 +130,49 @@ def test_progress_state_round_trips():
     third = _progress(path=(0, 1, 2))
     third.set_state(json.loads(json.dumps(cur.get_state())))
     assert third.stage_weights() == pytest.approx(cur.stage_weights())
+
+
+def test_pattern_focus_weights_patterns_by_their_recent_error():
+    from envs.machine import NUM_PATTERNS, PATTERN_OFFSET
+
+    assert Curriculum(CurriculumSettings(path=(0, 5))).pattern_weights() is None  # focus off
+    assert Curriculum(CurriculumSettings(pattern_focus=0.5)).pattern_weights() is None  # no expression stage
+    cur = Curriculum(CurriculumSettings(path=(0, 5, 6), pattern_focus=0.5, pattern_window=10))
+    unseen = cur.pattern_weights()
+    assert len(unseen) == NUM_PATTERNS
+    for k in (1, 2, 3):  # the counts of stages 5 and 6, each a distribution; unseen: uniform
+        block = unseen[PATTERN_OFFSET[k]: PATTERN_OFFSET[k] + 3**k]
+        assert sum(block) == pytest.approx(1.0) and block == pytest.approx([1 / 3**k] * 3**k)
+    assert sum(unseen[PATTERN_OFFSET[4]:]) == 0  # 4 operators are not trained
+    solved, failing = PATTERN_OFFSET[2], PATTERN_OFFSET[2] + 1
+    cur.update_patterns({solved: (30, 30), failing: (30, 0)})
+    w = cur.pattern_weights()
+    assert cur.pattern_error(solved) == pytest.approx(1 / 12, abs=0.01)  # the window keeps ~10 episodes
+    unseen_2 = PATTERN_OFFSET[2] + 2
+    assert w[failing] > w[unseen_2] > w[solved] >= 0.5 / 9  # failing (~0.9) > unseen (0.5) > solved (~0.08)
+    assert sum(w[PATTERN_OFFSET[2]: PATTERN_OFFSET[3]]) == pytest.approx(1.0)
+    cur.update_patterns({failing: (40, 40)})  # learnt: its error decays with the window
+    assert cur.pattern_error(failing) < 0.1
+    other = Curriculum(cur.settings)
+    other.set_state(cur.get_state())
+    assert other.pattern_weights() == pytest.approx(cur.pattern_weights())
+
+
+def test_callback_counts_patterns_only_with_the_focus_on():
+    from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
+
+    from rllib_app.curriculum import CurriculumCallback
+
+    class Episode:
+        def get_infos(self, index):
+            return {"stage": 6, "correct": True, "pattern": 20}
+
+    for focus, logged in ((0.0, set()), (0.5, {"curriculum/pattern_20_episodes", "curriculum/pattern_20_correct"})):
+        cb, logger = CurriculumCallback(CurriculumSettings(path=(0, 6), pattern_focus=focus)), MetricsLogger()
+        cb.on_episode_end(episode=Episode(), metrics_logger=logger)
+        keys = set(logger.reduce())
+        assert {k for k in keys if "pattern" in k} == logged
+    result = {"env_runners": {"curriculum/pattern_20_episodes": 4.0, "curriculum/pattern_20_correct": 1.0}}
+    cb.on_train_result(algorithm=type("Algo", (), {"env_runner_group": type("G", (), {
+        "foreach_env_runner": staticmethod(lambda fn, **kw: [])})()})(), result=result)
+    assert cb.curriculum.pattern_error(20) == pytest.approx(4 / 6, abs=0.01)  # 3 of 4 failed, within the window

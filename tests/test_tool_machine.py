@@ -285,3 +285,60 @@ def test_bad_shaping_is_refused():
         ToolMachineEnv({"shaping": 1.0, "shaping_gamma": 1.5})
     with pytest.raises(ValueError, match="exact variant only"):
         ToolMachineEnv({"variant": "seed", "shaping": 1.0})
+
+
+def test_pattern_numbers_cover_every_operator_sequence_once():
+    from itertools import product
+
+    from envs.machine import ARITHMETIC, NO_PATTERN, NUM_PATTERNS, pattern_code, pattern_operators
+
+    codes = [pattern_code(ops) for k in range(1, 7) for ops in product(ARITHMETIC, repeat=k)]
+    assert sorted(codes) == list(range(NUM_PATTERNS))
+    assert all(pattern_code(pattern_operators(c)) == c for c in range(NUM_PATTERNS))
+    assert pattern_code(()) == NO_PATTERN
+
+
+def test_pattern_weights_choose_the_operators_of_their_counts():
+    """Weights on two 2-operator patterns: every 2-operator task has one of them, in
+    proportion; 1-operator tasks (no weights) stay uniform; every end info names the
+    pattern; and ``None`` restores uniform draws."""
+    from envs.machine import ADD, MUL, NO_PATTERN, NUM_PATTERNS, SUB, needs_memory, pattern_code
+
+    env = ToolMachineEnv({"stage": 5})
+    weights = np.zeros(NUM_PATTERNS)
+    weights[pattern_code((MUL, SUB))] = 3.0
+    weights[pattern_code((ADD, ADD))] = 1.0
+    env.set_pattern_weights(weights)
+    seen: dict[tuple, int] = {}
+    env.reset(seed=0)
+    for _ in range(4000):
+        env.reset()
+        seen[env.operators] = seen.get(env.operators, 0) + 1
+        *_, info = env.step(ANS)
+        assert info["pattern"] == pattern_code(env.operators)
+    two = {ops: n for ops, n in seen.items() if len(ops) == 2}
+    assert set(two) == {(MUL, SUB), (ADD, ADD)}
+    assert two[(MUL, SUB)] / sum(two.values()) == pytest.approx(0.75, abs=0.03)
+    assert {ops for ops in seen if len(ops) == 1} == {(MUL,), (ADD,), (SUB,)}
+    env.set_pattern_weights(None)
+    assert len({env.reset()[0].tobytes() and env.operators for _ in range(500)} - {(MUL, SUB), (ADD, ADD)}) > 5
+    # hard draws take the weighted patterns that need memory, or any that does if none is weighted
+    hard = ToolMachineEnv({"stage": 5, "hard_fraction": 1.0})
+    weights[pattern_code((ADD, MUL))] = 1.0
+    hard.set_pattern_weights(weights)
+    hard.reset(seed=1)
+    assert {hard.reset()[0].tobytes() and hard.operators for _ in range(200)} == {(ADD, MUL)}
+    weights[pattern_code((ADD, MUL))] = 0.0
+    hard.set_pattern_weights(weights)
+    drawn = {hard.reset()[0].tobytes() and hard.operators for _ in range(300)}
+    assert drawn == {(ADD, MUL), (SUB, MUL)} and all(needs_memory(ops) for ops in drawn)  # a + b*c, a - b*c
+    digit_env = ToolMachineEnv({"stage": 1})
+    digit_env.reset(seed=0)
+    assert digit_env.step(ANS)[-1]["pattern"] == NO_PATTERN
+
+
+def test_bad_pattern_weights_are_refused():
+    with pytest.raises(ValueError, match="pattern weights must be 1092 non-negative"):
+        ToolMachineEnv().set_pattern_weights([1.0, 2.0])
+    with pytest.raises(ValueError, match="pattern weights"):
+        ToolMachineEnv().set_pattern_weights([-1.0] * 1092)

@@ -25,7 +25,7 @@ from envs import (
     make_tool_machine,
     vector_tool_machine,
 )
-from envs.machine import EXPRESSION_STAGES, TOKEN_OPERATOR
+from envs.machine import EXPRESSION_STAGES, NUM_PATTERNS, PATTERN_OFFSET, TOKEN_OPERATOR
 from envs.oracle import general_path, oracle_program
 
 PREV = CONTEXT_LEN + 1
@@ -65,12 +65,15 @@ def policy(rng, obs, t, seed_variant):
     return actions
 
 
-def run_both(config, *, num_envs=8, seed=0, steps=150, weights=None, new_weights=None):
+def run_both(config, *, num_envs=8, seed=0, steps=150, weights=None, new_weights=None, pattern_weights=None):
     """Reset and step both with the same actions; every output must be identical."""
     vec, sync = both(config, num_envs)
     if weights is not None:
         vec.set_stage_weights(weights)
         sync.call("set_stage_weights", weights)
+    if pattern_weights is not None:
+        vec.set_pattern_weights(pattern_weights)
+        sync.call("set_pattern_weights", pattern_weights)
     rng = np.random.default_rng(seed + 1000)
     seed_variant = config.get("variant") == "seed"
     stats = {"episodes": 0, "correct": 0, "truncated": 0, "shaped": 0, "stages": set()}
@@ -149,6 +152,17 @@ def test_matches_sync_vector_env(config, seed):
 def test_matches_sync_vector_env_with_mixed_stages(config, weights, new_weights):
     stats = run_both(config, num_envs=12, seed=7, weights=weights, new_weights=new_weights)
     assert len(stats["stages"]) >= 3
+
+
+def test_matches_sync_vector_env_with_pattern_weights():
+    """Focused operator patterns (two counts weighted, one uniform) draw the same tasks,
+    with and without hard draws; every episode's end info names its pattern."""
+    weights = np.zeros(NUM_PATTERNS)
+    weights[PATTERN_OFFSET[2]: PATTERN_OFFSET[2] + 9] = np.arange(9) ** 2
+    weights[PATTERN_OFFSET[4]] = 1.0
+    for config in ({"shaping": 0.5}, {"hard_fraction": 0.8, "action_mask": True}):
+        stats = run_both(config, num_envs=12, seed=5, weights=[0, 0, 0, 0, 0, 1, 1, 1, 0, 0], pattern_weights=weights)
+        assert {5, 6, 7} <= stats["stages"]
 
 
 @pytest.mark.parametrize("num_envs", [1, 3, 64])
