@@ -6,6 +6,8 @@ A ``toolagent train`` output directory looks like::
       checkpoint -> checkpoints/iter_000040   (symlink to the latest complete one)
       checkpoints/iter_000035/ iter_000040/    (RLlib algorithm checkpoints + toolagent.json;
                                                the last --keep-checkpoints of them)
+      checkpoints/best/                        (a copy of the evaluated one with the best
+                                               greedy accuracy: worst row, then mean)
       summary.json
 
 A save is written to ``checkpoints/.tmp-iter_N``, renamed to ``iter_N`` when complete,
@@ -121,6 +123,49 @@ def save_checkpoint(
     for _, old in earlier[: max(0, len(earlier) - (keep - 1))]:
         shutil.rmtree(old, ignore_errors=True)
     return final.resolve()
+
+
+#: ``checkpoints/best``: a copy of the evaluated checkpoint with the best greedy accuracy.
+BEST_DIR = "best"
+
+
+def greedy_score(greedy: dict[str, float]) -> tuple[float, float]:
+    """How ``keep_best`` ranks greedy accuracies: the worst row first, then the mean."""
+    return min(greedy.values()), sum(greedy.values()) / len(greedy)
+
+
+def best_info(output: pathlib.Path) -> dict[str, Any] | None:
+    """``{iteration, accuracy}`` of the run's ``checkpoints/best`` (None if it has none)."""
+    best = output / "checkpoints" / BEST_DIR
+    progress = read_run_info(best).get("progress", {}) if best.is_dir() else {}
+    if not isinstance(progress.get("greedy"), dict):
+        return None
+    return {"iteration": progress.get("iteration"), "accuracy": progress["greedy"]}
+
+
+def discard_best(output: pathlib.Path) -> None:
+    shutil.rmtree(output / "checkpoints" / BEST_DIR, ignore_errors=True)
+
+
+def keep_best(output: pathlib.Path, checkpoint: pathlib.Path, greedy: dict[str, float]) -> bool:
+    """Copy ``checkpoint`` (evaluated at ``greedy``: {row: accuracy}) to ``checkpoints/best``
+    if it ranks above the best so far (``greedy_score``, over the same rows; its
+    ``toolagent.json`` keeps its ``greedy``). Returns whether it did. Written beside it and
+    renamed into place, so ``best`` is always a complete checkpoint."""
+    store = output / "checkpoints"
+    best = store / BEST_DIR
+    old = (best_info(output) or {}).get("accuracy")
+    if old is not None and old.keys() == greedy.keys() and greedy_score(old) >= greedy_score(greedy):
+        return False
+    tmp, old_best = store / f"{TMP_PREFIX}{BEST_DIR}", store / f"{TMP_PREFIX}old-{BEST_DIR}"
+    for stale in (tmp, old_best):
+        shutil.rmtree(stale, ignore_errors=True)
+    shutil.copytree(checkpoint, tmp, symlinks=True)
+    if best.exists():
+        os.replace(best, old_best)  # a directory cannot be renamed over a non-empty one
+    os.replace(tmp, best)
+    shutil.rmtree(old_best, ignore_errors=True)
+    return True
 
 
 def resolve_checkpoint(path: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:

@@ -31,7 +31,15 @@ from typing import Any
 import ray
 
 from rllib_app.algorithms import MODULE_ID, build_config, module_spec
-from rllib_app.checkpoints import read_run_info, save_checkpoint, write_json_atomic
+from rllib_app.checkpoints import (
+    BEST_DIR,
+    best_info,
+    discard_best,
+    keep_best,
+    read_run_info,
+    save_checkpoint,
+    write_json_atomic,
+)
 from rllib_app.config import TrainConfig, UsageError
 from rllib_app.curriculum import find_curriculum_callback, finite_metric
 from rllib_app.evaluate import greedy_accuracy
@@ -206,6 +214,11 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
     accuracy: dict[str, Any] = {}
     target_reached = False
     checkpoint = None
+    # a resumed run's best so far; a fresh run's starts afresh (one before it in this
+    # directory was another run's)
+    best = best_info(output) if resume_from is not None else None
+    if resume_from is None:
+        discard_best(output)
     iteration = algo.training_iteration
     # after a restore, RLlib's own lifetime counter continues from the checkpoint
     last_steps = int(algo.metrics.peek(("env_runners", "num_env_steps_sampled_lifetime"), default=0))
@@ -253,10 +266,14 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
                     )
                 new_checkpoint = None
                 if evaluate or stopping:
+                    greedy = {k: v["accuracy"] for k, v in accuracy.items()} if evaluate else None
                     checkpoint = new_checkpoint = save_checkpoint(
-                        algo, cfg, output, iteration, progress={"env_steps": env_steps, "wall_seconds": round(now - start, 1)},
-                        keep=cfg.keep_checkpoints,
+                        algo, cfg, output, iteration, keep=cfg.keep_checkpoints,
+                        progress={"env_steps": env_steps, "wall_seconds": round(now - start, 1),
+                                  **({"greedy": greedy} if greedy else {})},
                     )
+                    if greedy and keep_best(output, new_checkpoint, greedy):
+                        best = {"iteration": iteration, "accuracy": greedy}
                 eval_seconds += time.time() - measuring
                 metrics["eval_seconds"] = round(eval_seconds, 2)
                 if accuracy:
@@ -292,6 +309,8 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
         "eval_seconds": round(eval_seconds, 1),
         "iterations": iteration,
         "checkpoint": str(checkpoint) if checkpoint else None,
+        # the evaluated checkpoint with the best greedy accuracy (checkpoints.keep_best)
+        "best_checkpoint": {"path": str(output / "checkpoints" / BEST_DIR), **best} if best else None,
         "algo": cfg.algo,
         "variant": cfg.variant,
         "seed": cfg.seed,

@@ -22,6 +22,9 @@ from rllib_app.checkpoints import (
     KILL_IN_SAVE_ENV,
     MODULE_SUBDIR,
     CheckpointError,
+    best_info,
+    discard_best,
+    keep_best,
     resolve_checkpoint,
     save_checkpoint,
 )
@@ -87,6 +90,28 @@ def test_resuming_from_an_earlier_checkpoint_never_deletes_the_current_one(tmp_p
     path = save_checkpoint(FakeAlgo(), cfg, tmp_path, 6, keep=1)
     assert resolve_checkpoint(tmp_path)[0] == path and path.is_dir()
     assert _iters(tmp_path) == ["iter_000006", "iter_000010"]
+
+
+def test_the_best_checkpoint_is_the_best_evaluated_one_and_outlives_rotation(tmp_path):
+    """Ranked by the worst row, then the mean; a tie keeps the earlier one; rotation of
+    iter_N never touches it; a save interrupted before its rename leaves the old best."""
+    cfg = TrainConfig()
+    evals = [(1, {"0": 0.90, "1": 0.50}), (2, {"0": 1.00, "1": 0.80}), (3, {"0": 0.81, "1": 0.80}),
+             (4, {"0": 0.70, "1": 0.99}), (5, {"0": 1.00, "1": 0.80})]
+    kept = []
+    for iteration, greedy in evals:
+        path = save_checkpoint(FakeAlgo(), cfg, tmp_path, iteration, progress={"greedy": greedy}, keep=1)
+        if keep_best(tmp_path, path, greedy):
+            kept.append(iteration)
+    assert kept == [1, 2]  # 3: same worst row, lower mean; 4: worse worst row; 5: a tie
+    assert best_info(tmp_path) == {"iteration": 2, "accuracy": {"0": 1.00, "1": 0.80}}
+    assert _iters(tmp_path) == ["best", "iter_000005"]
+    assert resolve_checkpoint(tmp_path / "checkpoints" / "best")[0].name == "best"
+    # other rows (e.g. a resume that trains more stages): the new evaluation replaces it
+    path = save_checkpoint(FakeAlgo(), cfg, tmp_path, 6, progress={"greedy": {"0": 0.1}}, keep=1)
+    assert keep_best(tmp_path, path, {"0": 0.1}) and best_info(tmp_path)["iteration"] == 6
+    discard_best(tmp_path)
+    assert best_info(tmp_path) is None
 
 
 def test_the_kill_hook_is_inert_unless_its_save_comes(tmp_path, monkeypatch):
@@ -235,7 +260,7 @@ def test_killed_while_saving_keeps_the_previous_checkpoint_and_resume_goes_on(tm
     assert proc.returncode == -signal.SIGKILL, log[-3000:]
     assert "eval @ iter 2" in log and "eval @ iter 3" not in log
     assert (out / "checkpoint").resolve().name == "iter_000001"
-    assert _iters(out) == [".tmp-iter_000002", "iter_000001"]
+    assert _iters(out) == [".tmp-iter_000002", "best", "iter_000001"]  # best: iteration 1, the only one evaluated
     assert not (out / "summary.json").exists()
     with pytest.raises(CheckpointError, match="unfinished checkpoint"):
         resolve_checkpoint(out / "checkpoints" / ".tmp-iter_000002")
@@ -249,6 +274,8 @@ def test_killed_while_saving_keeps_the_previous_checkpoint_and_resume_goes_on(tm
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     iters = [line for line in resumed.stdout.splitlines() if line.startswith("iter ")]
     assert [int(line.split("|")[0].split()[1]) for line in iters] == [2]
-    assert _iters(out) == ["iter_000001", "iter_000002"]  # and no .tmp-* left
+    assert _iters(out) == ["best", "iter_000001", "iter_000002"]  # and no .tmp-* left
     assert (out / "checkpoint").resolve().name == "iter_000002"
-    assert json.loads((out / "summary.json").read_text())["iterations"] == 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["iterations"] == 2
+    assert summary["best_checkpoint"]["iteration"] in (1, 2)  # the resumed run kept the best so far or beat it
