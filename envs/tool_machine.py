@@ -123,7 +123,7 @@ _NEEDS_MEMORY = {k: np.array([needs_memory(pattern_operators(offset + i)) for i 
 
 def draw_expression(
     rng: np.random.Generator, stage: int, options: Mapping[str, Any] | None = None, hard_fraction: float = 0.0,
-    pattern_cdf: Mapping[int, tuple[np.ndarray, np.ndarray | None]] | None = None,
+    pattern_cdf: Mapping[int, tuple[np.ndarray, np.ndarray | None]] | None = None, hard_min_digit: int = 0,
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """An expression stage's task ``(digits, operators)``: ``options``' ``digits`` and
     ``operators`` if given (checked), else drawn from ``rng`` as ``MAX_OPERATORS + 1``
@@ -131,7 +131,8 @@ def draw_expression(
     has no ``num_operators``) the operator count, always in this order and number.
     With ``hard_fraction`` > 0, a first ``random() < hard_fraction`` makes the task one
     that needs memory (drawn again until ``needs_memory``), as the digit stages' hard
-    contexts do. With a ``pattern_cdf`` (``pattern_cdfs``) for the drawn count, one more
+    contexts do; its digits are drawn from ``hard_min_digit``..9. With a ``pattern_cdf``
+    (``pattern_cdfs``) for the drawn count, one more
     ``random()`` picks the operators from it instead (the drawn operators are unused); a
     hard task from its patterns that need memory (uniformly if it weights none)."""
     counts = EXPRESSION_OPERATORS[stage]
@@ -152,7 +153,7 @@ def draw_expression(
         raise ValueError(f"stage {stage} draws {list(counts)} operators, got num_operators={k!r}")
     hard = hard_fraction > 0 and rng.random() < hard_fraction and (k or max(counts)) > 1
     while True:
-        digits = rng.integers(0, 10, size=MAX_OPERATORS + 1)
+        digits = rng.integers(hard_min_digit if hard else 0, 10, size=MAX_OPERATORS + 1)
         operators = rng.integers(0, len(ARITHMETIC), size=MAX_OPERATORS)
         count = k if k is not None else counts[int(rng.integers(len(counts)))] if len(counts) > 1 else counts[0]
         cdf = pattern_cdf[count][hard] if pattern_cdf and count in pattern_cdf else None
@@ -167,7 +168,8 @@ def draw_expression(
 
 
 _CONFIG_KEYS = (
-    "variant", "stage", "max_steps", "action_mask", "hard_fraction", "shaping", "shaping_gamma", "step_limit_terminates",
+    "variant", "stage", "max_steps", "action_mask", "hard_fraction", "hard_min_digit", "shaping", "shaping_gamma",
+    "step_limit_terminates",
 )
 
 
@@ -215,7 +217,9 @@ class ToolMachineEnv(gym.Env):
             the drills 3 and 4) whose context is drawn from that stage's
             memory-required subset, the contexts that no memory-free program
             solves (20% of stage 2's), and of an expression stage that need memory
-            (a later term is a product); a training lever, evaluation keeps 0).
+            (a later term is a product); a training lever, evaluation keeps 0) and
+            ``hard_min_digit`` (0-9, default 0: those expressions' smallest digit; 2
+            leaves out the 0s and 1s on which shortcut programs often hit the target).
     """
 
     metadata = {"render_modes": []}
@@ -242,6 +246,11 @@ class ToolMachineEnv(gym.Env):
             0.0 <= self.hard_fraction <= 1.0
         ):
             raise ValueError(f"hard_fraction must be a number in [0, 1], got {self.hard_fraction!r}")
+        self.hard_min_digit = config.get("hard_min_digit", 0)
+        if isinstance(self.hard_min_digit, bool) or not isinstance(self.hard_min_digit, int) or not (
+            0 <= self.hard_min_digit <= 9
+        ):
+            raise ValueError(f"hard_min_digit must be an integer in 0..9, got {self.hard_min_digit!r}")
         self._hard_contexts = (
             {s: memory_required_contexts(s) for s in MEMORY_STAGES} if self.hard_fraction > 0 else {}
         )
@@ -313,7 +322,7 @@ class ToolMachineEnv(gym.Env):
         operators: tuple[int, ...] = ()
         if self.stage in EXPRESSION_OPERATORS:
             digits, operators = draw_expression(self.np_random, self.stage, options, self.hard_fraction,
-                                                self._pattern_cdfs)
+                                                self._pattern_cdfs, self.hard_min_digit)
         elif "digits" in options:
             digits = tuple(int(x) for x in options["digits"])
         elif self.stage in self._hard_contexts and self.np_random.random() < self.hard_fraction:

@@ -63,6 +63,10 @@ class TrainConfig:
     hard_fraction: float = flag(
         0.8, "share of training contexts of memory stages (2, 3, 4) drawn from their memory-required subset", minimum=0, maximum=1
     )
+    hard_min_digit: int = flag(
+        0, "expression stages: the smallest digit of the hard draws (--hard-fraction); 2 leaves out the 0s and 1s "
+        "on which shortcut programs hit the target by coincidence", minimum=0, maximum=9,
+    )
     shaping: float = flag(
         0.5, "scale of potential-based shaping (progress along the stage's general program); accuracy stays unshaped",
         minimum=0, maximum=1,
@@ -330,6 +334,7 @@ class TrainConfig:
         config = {
             **self.eval_env_config(), "hard_fraction": self.hard_fraction,
             "step_limit_terminates": self.step_limit_terminates,
+            **({"hard_min_digit": self.hard_min_digit} if self.hard_min_digit else {}),
         }
         if self.shaping:
             config.update(shaping=self.shaping, shaping_gamma=self.gamma)

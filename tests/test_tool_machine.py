@@ -214,6 +214,8 @@ def test_stage_weights_mix_stages():
         ({"variant": "tutorial"}, "variant must be one of"),
         ({"max_steps": 0}, "max_steps must be an integer >= 1"),
         ({"stages": 1}, "unknown env config key"),
+        ({"hard_min_digit": 10}, "hard_min_digit must be an integer in 0..9, got 10"),
+        ({"hard_min_digit": 2.0}, "hard_min_digit must be an integer"),
     ],
 )
 def test_bad_env_config_is_refused(config, message):
@@ -342,3 +344,24 @@ def test_bad_pattern_weights_are_refused():
         ToolMachineEnv().set_pattern_weights([1.0, 2.0])
     with pytest.raises(ValueError, match="pattern weights"):
         ToolMachineEnv().set_pattern_weights([-1.0] * 1092)
+
+
+def test_hard_min_digit_applies_to_the_hard_expression_draws_only():
+    """The hard draws (memory-needing operators) take digits from hard_min_digit up; the
+    others, and every draw with the default 0, are what they were."""
+    from envs.machine import needs_memory
+
+    plain, low = (ToolMachineEnv({"stage": 7, "hard_fraction": 0.5, "hard_min_digit": m}) for m in (0, 2))
+    plain.reset(seed=4)
+    low.reset(seed=4)
+    digits = {True: set(), False: set()}
+    for _ in range(600):
+        plain.reset()
+        low.reset()
+        hard = low.digits != plain.digits  # the same stream; only a hard draw's digits differ
+        if not hard:
+            assert low.operators == plain.operators
+        else:
+            assert needs_memory(low.operators)
+        digits[hard] |= set(low.digits)
+    assert min(digits[True]) == 2 and min(digits[False]) == 0

@@ -125,6 +125,7 @@ CONFIGS = [
     *({"stage": s} for s in EXPRESSION_STAGES),
     {"stage": 9, "action_mask": True, "shaping": 0.5},
     {"stage": 6, "shaping": 1, "shaping_gamma": 1, "hard_fraction": 0.8},
+    {"stage": 7, "hard_fraction": 0.8, "hard_min_digit": 2, "action_mask": True},
     {"stage": 8, "max_steps": 9, "step_limit_terminates": True},
 ]
 
