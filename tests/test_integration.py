@@ -367,3 +367,29 @@ def test_a2c_with_one_step_iterations_repeats_exactly_from_its_seed(local_ray, n
     assert steps_a == steps_b and steps_a[0] < steps_a[1] < steps_a[2]
     for k in weights_a:
         np.testing.assert_array_equal(np.asarray(weights_a[k]), np.asarray(weights_b[k]))
+
+
+def test_pattern_focus_counts_patterns_and_reaches_a_remote_runners_envs(local_ray):
+    """With --pattern-focus, the remote runners count each expression pattern, the driver
+    turns the counts into weights, and every env of every runner draws from them."""
+    from envs.machine import PATTERN_OFFSET
+    from rllib_app.config import TrainConfig
+    from rllib_app.curriculum import _tool_machines, find_curriculum_callback
+
+    cfg = TrainConfig(num_env_runners=1, stage_path="5", pattern_focus=0.5, native_vector_env=True, **SMALL)
+    algo = _build(cfg)
+    try:
+        for _ in range(2):
+            algo.train()
+        curriculum = find_curriculum_callback(algo).curriculum
+        assert len(curriculum._patterns) >= 6  # of the 3 + 9 patterns of 1-2 operators
+        assert all(PATTERN_OFFSET[1] <= code < PATTERN_OFFSET[3] for code in curriculum._patterns)
+        expected = np.cumsum(np.array(curriculum.pattern_weights()[PATTERN_OFFSET[2]:PATTERN_OFFSET[3]]))
+        cdfs = algo.env_runner_group.foreach_env_runner(
+            lambda er: [m.pattern_cdfs[2][0].tolist() for m in _tool_machines(er.env)] if er.env else None,
+            local_env_runner=False,
+        )
+        assert len(cdfs) == 1 and all(np.allclose(cdf, expected) for per_runner in cdfs for cdf in per_runner)
+        assert not np.allclose(np.diff(expected, prepend=0), 1 / 9)  # the errors moved the weights off uniform
+    finally:
+        algo.stop()
