@@ -95,7 +95,8 @@ def context_tokens(stage: int, digits: Sequence[int], operators: Sequence[int] =
         tokens += [OPERATOR_TOKEN[op], int(x)]
     return tuple(tokens)
 
-def pattern_cdfs(weights: Sequence[float] | None) -> dict[int, np.ndarray]:
+
+def pattern_cdfs(weights: Sequence[float] | None) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:
     """Checked ``set_pattern_weights`` weights (one per pattern number) as cumulative
     distributions per operator count: ``{k: (over all its patterns, over those that need
     memory or None)}``; a count whose weights are all zero has none."""
@@ -132,9 +133,9 @@ def draw_expression(
     With ``hard_fraction`` > 0, a first ``random() < hard_fraction`` makes the task one
     that needs memory (drawn again until ``needs_memory``), as the digit stages' hard
     contexts do; its digits are drawn from ``hard_min_digit``..9. With a ``pattern_cdf``
-    (``pattern_cdfs``) for the drawn count, one more
-    ``random()`` picks the operators from it instead (the drawn operators are unused); a
-    hard task from its patterns that need memory (uniformly if it weights none)."""
+    (``pattern_cdfs``) for the drawn count, one more ``random()`` picks the operators from
+    it instead (the drawn operators are unused); a hard task from its patterns that need
+    memory (uniformly if it weights none)."""
     counts = EXPRESSION_OPERATORS[stage]
     options = options or {}
     if "digits" in options or "operators" in options:
@@ -156,7 +157,10 @@ def draw_expression(
         digits = rng.integers(hard_min_digit if hard else 0, 10, size=MAX_OPERATORS + 1)
         operators = rng.integers(0, len(ARITHMETIC), size=MAX_OPERATORS)
         count = k if k is not None else counts[int(rng.integers(len(counts)))] if len(counts) > 1 else counts[0]
-        cdf = pattern_cdf[count][hard] if pattern_cdf and count in pattern_cdf else None
+        cdf = None
+        if pattern_cdf and count in pattern_cdf:
+            every_pattern, memory_patterns = pattern_cdf[count]
+            cdf = memory_patterns if hard else every_pattern
         if cdf is not None:
             pick = int(np.searchsorted(cdf, rng.random(), side="right"))
             ops = pattern_operators(PATTERN_OFFSET[count] + min(pick, 3**count - 1))
@@ -255,7 +259,7 @@ class ToolMachineEnv(gym.Env):
             {s: memory_required_contexts(s) for s in MEMORY_STAGES} if self.hard_fraction > 0 else {}
         )
         self._stage_weights = np.eye(NUM_STAGES)[self._check_stage(config.get("stage", 0))]
-        self._pattern_cdfs: dict[int, np.ndarray] = {}
+        self._pattern_cdfs: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
         self.shaping = config.get("shaping", 0.0)
         self.shaping_gamma = config.get("shaping_gamma", 0.99)
         for name, value in (("shaping", self.shaping), ("shaping_gamma", self.shaping_gamma)):

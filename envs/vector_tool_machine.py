@@ -555,7 +555,7 @@ class ToolMachineVectorEnv(VectorEnv):
             s = int(rng.choice(NUM_STAGES, p=self._weights)) if stage is None else stage
             stages[j] = s
             if s in EXPRESSION_OPERATORS:
-                xs, ops = draw_expression(rng, s, options, self.hard_fraction, self._proto._pattern_cdfs,
+                xs, ops = draw_expression(rng, s, options, self.hard_fraction, self._proto.pattern_cdfs,
                                           self._proto.hard_min_digit)
                 digits[j, : len(xs)], operators[j, : len(ops)] = xs, ops
                 lengths[j], num_ops[j] = len(xs), len(ops)

@@ -141,8 +141,8 @@ class PickledEpisodes(list):
     """A list of episode chunks that pickles as one bytes object, and unpickles as a plain
     ``list``. Ray's serializer calls a Python ``reducer_override`` and a ``ChainMap`` lookup
     for every object and keeps every numpy array as an out-of-band buffer: for the ~1,350
-    chunks of a 256-env sample ``ray.put`` took 0.63 s in a runner actor, twice the
-    sampling itself. The C pickler writes the same episodes in 0.26 s."""
+    chunks of a 256-env sample ``ray.put`` took 0.29-0.33 s in a runner actor, as long as
+    the sampling itself; pickled this way, 0.22-0.26 s."""
 
     def __reduce__(self):
         return pickle.loads, (pickle.dumps(list(self), protocol=pickle.HIGHEST_PROTOCOL),)
