@@ -28,6 +28,7 @@ from envs import (
     ToolMachineEnv,
     observation_layout,
 )
+from envs.machine import pattern_code
 from envs.tool_machine import stage_max_steps
 
 # Derandomized and without an example database: the same examples on every run, and no
@@ -41,7 +42,8 @@ MASK = LAYOUT["mask_index"]
 #: Keeps stepping after the drawn actions run out, never with ANS, so that every
 #: episode reaches either an ANS or the step limit.
 FILLER = (MUL, ADD, SUB, STO, RCL)
-END_INFO_TYPES = {"stage": int, "target": int, "answered": bool, "answer": int, "correct": bool, "steps": int}
+END_INFO_TYPES = {"stage": int, "target": int, "answered": bool, "answer": int, "correct": bool, "steps": int,
+                  "pattern": int}
 #: The seed variant's largest reward per stage, from ``seed_reward`` (spec table):
 #: ``1.0*(last == checked) + 0.2*shaped``, ``shaped`` at most the sum of its terms
 #: (0.25+0.5 at stage 0, 0.25+0.5+0.75 at stage 1, 0.2+0.4+0.6+0.6 at stage 2).
@@ -172,6 +174,7 @@ def test_random_episodes_stay_in_the_spaces_and_bounds_and_end_by_max_steps(conf
         assert {k: type(v) for k, v in info.items()} == END_INFO_TYPES
         assert info["steps"] == steps
         assert info["target"] == env.target
+        assert info["pattern"] == pattern_code(env.operators)  # NO_PATTERN (-1) at a digit stage
         # "answered" means a value was submitted: ANS with a non-empty register.
         if not answered_by_ans:
             assert not info["answered"]
