@@ -254,19 +254,17 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
                 stopping = stop.received is not None
                 evaluate = not stopping and (iteration % cfg.eval_interval == 0 or out_of_time or out_of_iters)
                 measuring = time.time()
+                greedy = None  # {row: accuracy} when this iteration evaluates
                 if evaluate:
                     eval_module.set_state(algo.learner_group.get_weights()[MODULE_ID])
                     accuracy = greedy_accuracy(
                         eval_module, stages, episodes=cfg.eval_episodes, env_config=cfg.eval_env_config(), seed=cfg.seed
                     )
                     target_reached = all(v["accuracy"] >= cfg.target_accuracy for v in accuracy.values())
-                    display.event(
-                        f"eval @ iter {iteration}: greedy accuracy "
-                        f"{_format_accuracy({k: v['accuracy'] for k, v in accuracy.items()})}"
-                    )
+                    greedy = {k: v["accuracy"] for k, v in accuracy.items()}
+                    display.event(f"eval @ iter {iteration}: greedy accuracy {_format_accuracy(greedy)}")
                 new_checkpoint = None
                 if evaluate or stopping:
-                    greedy = {k: v["accuracy"] for k, v in accuracy.items()} if evaluate else None
                     checkpoint = new_checkpoint = save_checkpoint(
                         algo, cfg, output, iteration, keep=cfg.keep_checkpoints,
                         progress={"env_steps": env_steps, "wall_seconds": round(now - start, 1),
@@ -285,7 +283,7 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
                 history.append(metrics_row(
                     iteration=iteration, wall_seconds=now - start, env_steps=env_steps, steps_per_second=rate,
                     curriculum=cur, learner=result.get("learners", {}).get(MODULE_ID, {}),
-                    greedy={k: v["accuracy"] for k, v in accuracy.items()} if evaluate else None,
+                    greedy=greedy,
                 ))
                 if on_iteration is not None:
                     on_iteration(metrics, new_checkpoint)
