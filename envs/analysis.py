@@ -9,7 +9,7 @@ and walk the tree of all programs depth first, sharing prefixes.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -19,6 +19,7 @@ from envs.machine import (
     ADD,
     ANS,
     ARITHMETIC,
+    EXPRESSION_OPERATORS,
     IDENTITY,
     MUL,
     RCL,
@@ -108,6 +109,71 @@ def memory_required_contexts(stage: int = 2) -> np.ndarray:
     required = contexts[~memory_free_solvable(stage, contexts)]
     required.setflags(write=False)
     return required
+
+
+def program_answers(program: Sequence[int], contexts: np.ndarray) -> np.ndarray | None:
+    """What ``program`` submits on every context (rows), as the exact machine runs it:
+    wasted steps change nothing, and the first ``ANS`` submits. None if it never
+    submits a value (no ``ANS``, or ``ANS`` with an empty accumulator)."""
+    branch = _Branch(None, None, 0, False)
+    for tool in program:
+        if tool == ANS:
+            return branch.acc
+        branch = branch.step(tool, contexts) or branch
+    return None
+
+
+def expression_targets(operators: Sequence[int], contexts: np.ndarray) -> np.ndarray:
+    """``x0 o1 x1 ... ok xk`` for every row of digits (``machine.expression_value``, vectorised)."""
+    total, term, sign = np.zeros(len(contexts), dtype=np.int64), contexts[:, 0].astype(np.int64), 1
+    for i, op in enumerate(operators, start=1):
+        if op == MUL:
+            term = term * contexts[:, i]
+        else:
+            total, sign, term = total + sign * term, (1 if op == ADD else -1), contexts[:, i].astype(np.int64)
+    return total + sign * term
+
+
+class ProgramCheck:
+    """Is a tool sequence that answered one task right a *program* for its whole family?
+
+    A family is a digit stage, or an expression stage's operator pattern: every context
+    of it has the same general program. A shortcut is right on some contexts only
+    (stage 2's memory-free answers when ``d*e`` is 0; an expression's 9-step answer to a
+    12-step pattern when digits are 0 or 1), and a right answer it gives is a
+    coincidence. The check runs the sequence on ``trials`` contexts of the family, drawn
+    once per family from ``seed``, and says whether it is right on all of them: a
+    shortcut right on a share p of contexts passes with chance p**trials. The answer
+    depends only on the family and the sequence (which tools apply never depends on
+    the digits), so it is cached.
+    """
+
+    def __init__(self, trials: int = 64, seed: int = 0):
+        if trials < 1:
+            raise ValueError(f"a program check needs at least 1 trial context, got {trials}")
+        self.trials, self.seed = trials, seed
+        self._contexts: dict[tuple[int, int], np.ndarray] = {}
+        self._verdicts: dict[tuple, bool] = {}
+
+    def __call__(self, stage: int, operators: Sequence[int], program: Sequence[int]) -> bool:
+        key = (stage, tuple(operators), tuple(program))
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = self._verdicts[key] = self._check(stage, key[1], key[2])
+        return verdict
+
+    def _check(self, stage: int, operators: tuple[int, ...], program: tuple[int, ...]) -> bool:
+        expression = stage in EXPRESSION_OPERATORS
+        num_digits = len(operators) + 1 if expression else STAGE_DIGITS[stage]
+        contexts = self._contexts.get((stage, num_digits))
+        if contexts is None:
+            rng = np.random.default_rng([self.seed, stage, num_digits])
+            contexts = self._contexts[(stage, num_digits)] = rng.integers(0, 10, size=(self.trials, num_digits))
+        answers = program_answers(program, contexts)
+        if answers is None:
+            return False
+        want = expression_targets(operators, contexts) if expression else targets(stage, contexts)
+        return bool(np.all(answers == want))
 
 
 # --------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from envs.machine import (
     SEED_EPISODE_TOKENS,
     STAGE_DIGITS,
     STAGES,
+    TOKEN_OPERATOR,
     MachineState,
     SeedState,
     apply_tool,
@@ -94,6 +95,16 @@ def context_tokens(stage: int, digits: Sequence[int], operators: Sequence[int] =
     for op, x in zip(operators, digits[1:]):
         tokens += [OPERATOR_TOKEN[op], int(x)]
     return tuple(tokens)
+
+
+def read_task(obs: Sequence[int]) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    """``(stage, digits, operators)`` of the task an observation shows (the inverse of
+    ``context_tokens``); any step's observation of an episode will do."""
+    stage = int(obs[CONTEXT_LEN])
+    tokens = [int(t) for t in obs[:CONTEXT_LEN] if t != PAD_TOKEN]
+    if stage not in EXPRESSION_OPERATORS:
+        return stage, tuple(tokens), ()
+    return stage, tuple(tokens[0::2]), tuple(TOKEN_OPERATOR[t] for t in tokens[1::2])
 
 
 def pattern_cdfs(weights: Sequence[float] | None) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:

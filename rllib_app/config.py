@@ -87,6 +87,11 @@ class TrainConfig:
         # measured: A2C needs it (docs/learning.md); IMPALA's defaults were verified without it
         per_algo={"a2c": True, "ppo": True},
     )
+    sil_program_check: int = flag(
+        0, "self-imitation replays a success only if the tools it played also answer this many other contexts "
+        "of its stage (and operator pattern) right, so a shortcut's coincidental wins are not imitated "
+        "(0: off; the learner re-runs the tools on the exact machine's rules)", minimum=0,
+    )
     # -- resources -------------------------------------------------------------------------
     num_env_runners: int = flag(
         1, "env runner processes sampling in parallel (0: sample on the driver)", minimum=0,
@@ -259,6 +264,8 @@ class TrainConfig:
                 raise UsageError(f"the seed variant has stages {list(SPEC_STAGES)} only; drop {extra} from the curriculum")
             if self.shaping:
                 raise UsageError("--shaping applies to the exact variant only; the seed variant has its own rewards")
+            if self.sil_program_check:
+                raise UsageError("--sil-program-check re-runs tools on the exact machine; the seed variant has other rules")
         return self
 
     def _check_output(self) -> None:
@@ -351,6 +358,7 @@ class TrainConfig:
             "sil_capacity": self.sil_capacity,
             "sil_priority_alpha": self.sil_priority_alpha,
             "sil_join_chunks": self.sil_join_chunks,
+            "sil_program_check": self.sil_program_check,
         }
 
     # -- command line --------------------------------------------------------------------------------

@@ -30,6 +30,8 @@ from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.columns import Columns
 
+from envs.analysis import ProgramCheck
+from envs.tool_machine import read_task
 from rllib_app.a2c import A2CLearner
 
 #: Fallbacks for a learner built without these keys in ``learner_config_dict``
@@ -42,6 +44,8 @@ SIL_DEFAULTS = {
     # Oh et al. replay in proportion to (R - V)+ ** alpha; 0 samples uniformly.
     "sil_priority_alpha": 0.0,
     "sil_join_chunks": True,
+    # > 0: replay only successes whose tools are right on this many other contexts
+    "sil_program_check": 0,
 }
 
 
@@ -167,6 +171,21 @@ class EpisodeStitcher:
         return len(self._open)
 
 
+def keep_programs(found: list, check: ProgramCheck) -> list:
+    """The successes (``EpisodeStitcher.feed``'s) whose played tools are a program for
+    their task's family (``envs.analysis.ProgramCheck``). A shortcut's coincidental win
+    is left out, so the replay cannot teach the shortcut: measured at 4 operators, the
+    9-step answers to the 12-step patterns ``a ± b*c ± d*e`` are right on 4-19% of
+    uniform digits, and self-imitation replayed those wins (docs/benchmarks.md)."""
+    kept = []
+    for episode in found:
+        obs, actions, _, length = episode
+        stage, _, operators = read_task(obs[0])
+        if check(stage, operators, actions[:length]):
+            kept.append(episode)
+    return kept
+
+
 def self_imitation_loss(module, obs, actions, returns, steps, *, value_coeff: float, device="cpu"):
     """(total, policy term, value term, per-episode mean advantage) of the SIL loss on replayed episodes
     ``[N, T]`` (``steps`` marks real steps; every episode starts at its first step,
@@ -203,6 +222,8 @@ class SelfImitationMixin:
         # Successes found by the thread that makes batches, drained by the one that
         # computes the loss (IMPALA's learner thread): deque appends/pops are atomic.
         self._sil_found: deque = deque()
+        self._sil_check: ProgramCheck | None = None
+        self._sil_rejected = 0
 
     def _make_batch_if_necessary(self, training_data):
         """Harvest the successes from the episode chunks before they become a padded batch."""
@@ -213,8 +234,18 @@ class SelfImitationMixin:
                 self._sil_stitcher = EpisodeStitcher(
                     gamma=self.config.gamma, max_len=int(layout["max_seq_len"]), join=bool(sil["sil_join_chunks"]),
                 )
-            self._sil_found.extend(self._sil_stitcher.feed(training_data.episodes))
+            found = self._sil_stitcher.feed(training_data.episodes)
+            if sil["sil_program_check"] > 0:
+                found = self._programs_only(found, int(sil["sil_program_check"]))
+            self._sil_found.extend(found)
         return super()._make_batch_if_necessary(training_data)
+
+    def _programs_only(self, found: list, trials: int) -> list:
+        if self._sil_check is None:
+            self._sil_check = ProgramCheck(trials, seed=self.config.seed or 0)
+        kept = keep_programs(found, self._sil_check)
+        self._sil_rejected += len(found) - len(kept)
+        return kept
 
     def _sil_settings(self, config) -> dict:
         return {**SIL_DEFAULTS, **{k: v for k, v in config.learner_config_dict.items() if k in SIL_DEFAULTS}}
@@ -243,6 +274,7 @@ class SelfImitationMixin:
                 "sil_replay_size": float(len(replay)),
                 "sil_episodes_added": float(replay.added),
                 "sil_episodes_stitched": float(self._sil_stitcher.stitched if self._sil_stitcher else 0),
+                "sil_episodes_rejected": float(self._sil_rejected),
             },
             key=module_id,
             window=1,

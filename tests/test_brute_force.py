@@ -8,14 +8,30 @@ import pytest
 
 from envs import ADD, ANS, MUL, RCL, STO, SUB, ToolMachineEnv, general_program
 from envs.analysis import (
+    ProgramCheck,
     all_contexts,
     exact_programs,
+    expression_targets,
     memory_free_solvable,
     memory_required_contexts,
+    program_answers,
     seed_programs,
     targets,
 )
-from envs.machine import STAGE_DIGITS, SeedState, run_program, seed_apply, seed_reward, stage_target
+from envs.machine import (
+    ARITHMETIC,
+    EXPRESSION_OPERATORS,
+    PATTERN_OFFSET,
+    STAGE_DIGITS,
+    SeedState,
+    expression_value,
+    pattern_operators,
+    run_program,
+    seed_apply,
+    seed_reward,
+    stage_target,
+)
+from envs.oracle import oracle_program
 
 SHORTEST = {0: 4, 1: 5, 2: 9, 3: 7, 4: 8}
 
@@ -166,3 +182,72 @@ def test_seed_tokens_with_memory_at_stage_2():
     s = seed_apply(s, MUL, digits, 2)
     assert s.last == 24 * 5
     assert seed_apply(SeedState(), ANS, digits, 2).submitted
+
+
+# --------------------------------------------------------------------------------------
+# The program check (self-imitation's filter against coincidental wins)
+
+
+def test_program_answers_and_expression_targets_agree_with_the_scalar_machine():
+    rng = np.random.default_rng(0)
+    contexts = rng.integers(0, 10, size=(50, 5))
+    for _ in range(300):
+        # any tools, wasted steps included, sometimes no ANS at all
+        program = tuple(int(t) for t in rng.integers(0, 6, size=int(rng.integers(1, 12))))
+        answers = program_answers(program, contexts)
+        scalar = [run_program(program, tuple(ctx), max_steps=12) for ctx in contexts]
+        if answers is None:
+            assert all(a is None for a in scalar)
+        else:
+            assert list(np.broadcast_to(answers, len(contexts))) == scalar
+    for _ in range(200):
+        operators = tuple(int(o) for o in rng.integers(0, 3, size=4))
+        assert list(expression_targets(operators, contexts)) == [expression_value(c, operators) for c in contexts]
+
+
+@pytest.mark.parametrize("stage", [0, 1])
+def test_program_check_accepts_the_general_programs_and_rejects_the_coincidences(stage):
+    """Over every program of up to two steps more than the shortest, on every context:
+    those right everywhere pass, those right on under 90% of contexts (and on some) fail."""
+    contexts = all_contexts(STAGE_DIGITS[stage])
+    want = targets(stage, contexts)
+    check = ProgramCheck(trials=64)
+    general = coincidental = 0
+    for program, answers in exact_programs(contexts, max_len=SHORTEST[stage] + 2):
+        share = float(np.mean(answers == want))
+        if share == 1.0:
+            assert check(stage, (), program), program
+            general += 1
+        elif 0 < share < 0.9:
+            assert not check(stage, (), program), (program, share)
+            coincidental += 1
+    assert general >= 1 and coincidental > 10
+
+
+def test_program_check_at_stage_2_and_at_the_two_memory_cycle_patterns():
+    check = ProgramCheck(trials=64)
+    assert check(2, (), general_program(2))
+    # answering a*b+c when d*e = 0: right on 19% of contexts, never a program
+    assert not check(2, (), (MUL, MUL, ADD, ANS))
+    contexts = np.random.default_rng(1).integers(0, 10, size=(2000, 5))
+    for operators in [(ADD, MUL, ADD, MUL), (SUB, MUL, SUB, MUL), (ADD, MUL, SUB, MUL), (SUB, MUL, ADD, MUL)]:
+        assert check(7, operators, oracle_program(7, operators))
+        want = expression_targets(operators, contexts)
+        lucky = 0
+        # no memory-free program is right on every context, yet some are right on some
+        for program, answers in exact_programs(contexts, max_len=6, tools=ARITHMETIC):
+            assert not check(7, operators, program)
+            lucky += bool(np.any(answers == want))
+        assert lucky > 0
+
+
+@pytest.mark.parametrize("stage", sorted(EXPRESSION_OPERATORS))
+def test_program_check_accepts_the_oracle_on_every_pattern(stage):
+    check = ProgramCheck(trials=32)
+    for k in EXPRESSION_OPERATORS[stage]:
+        for code in range(PATTERN_OFFSET[k], PATTERN_OFFSET[k] + 3**k):
+            operators = pattern_operators(code)
+            program = oracle_program(stage, operators)
+            assert check(stage, operators, program)
+            # without its last tool the answer is a coincidence at most
+            assert not check(stage, operators, program[:-2] + (ANS,))

@@ -128,6 +128,28 @@ def test_curriculum_reaches_every_env_of_every_runner(local_ray, native_vector_e
         algo.stop()
 
 
+def test_the_program_check_keeps_coincidental_wins_out_of_the_replay(local_ray):
+    from envs.analysis import all_contexts, program_answers, targets
+    from rllib_app.algorithms import MODULE_ID
+    from rllib_app.config import TrainConfig
+
+    cfg = TrainConfig(algo="a2c", num_env_runners=0, schedule="fixed", fixed_stages="0", sil_coeff=1.0,
+                      sil_program_check=64, seed=3, **SMALL)
+    algo = _build(cfg)
+    try:
+        for _ in range(4):
+            learner = algo.train()["learners"][MODULE_ID]
+        replay = algo.learner_group._learner._sil_replays[MODULE_ID]
+    finally:
+        algo.stop()
+    # a near-random policy wins by coincidence too (a*b when c = 0): those were refused
+    assert learner["sil_episodes_rejected"] > 0 and len(replay) > 0
+    contexts = all_contexts(3)
+    for i in range(len(replay)):
+        program = replay.actions[i, : replay.lengths[i]]
+        assert np.array_equal(program_answers(program, contexts), targets(0, contexts)), program
+
+
 def test_checkpoint_restore_keeps_weights_and_stage(local_ray, tmp_path):
     from ray.rllib.algorithms.algorithm import Algorithm
 

@@ -6,16 +6,19 @@ import torch
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 
 from envs import ADD, ANS, MUL, ToolMachineEnv, general_program, observation_layout
+from envs.analysis import ProgramCheck
+from envs.oracle import oracle_program
 from models import ToolAgentGRUModule
-from rllib_app.self_imitation import EpisodeStitcher, SuccessReplay, self_imitation_loss
+from rllib_app.self_imitation import EpisodeStitcher, SuccessReplay, keep_programs, self_imitation_loss
 
 LAYOUT = observation_layout()
 T = 16
 
 
-def played(stage, digits, program, **config):
+def played(stage, digits, program, operators=None, **config):
     env = ToolMachineEnv({"action_mask": True, **config})
-    obs, _ = env.reset(seed=0, options={"stage": stage, "digits": digits})
+    options = {"stage": stage, "digits": digits, **({"operators": operators} if operators else {})}
+    obs, _ = env.reset(seed=0, options=options)
     rows = {"obs": [], "actions": [], "rewards": []}
     terminated = truncated = False
     for tool in program:
@@ -81,6 +84,20 @@ def test_a_chunk_whose_start_was_not_seen_is_not_replayed():
     unjoined = EpisodeStitcher(gamma=0.5, max_len=T, join=False)
     assert unjoined.feed(chunks(good, cuts=(1,))) == [] and len(unjoined) == 0
     assert len(unjoined.feed(chunks(good))) == 1
+
+
+def test_the_program_check_keeps_programs_and_drops_coincidental_wins():
+    # d*e = 0: the memory-free a*b+c is right here, and on 19% of stage-2 contexts only
+    lucky = played(2, (1, 2, 3, 4, 0), [MUL, MUL, ADD, ANS])
+    good = played(2, (1, 2, 3, 4, 0), general_program(2))
+    expression = played(7, (2, 3, 4, 5, 6), oracle_program(7, (ADD, MUL, ADD, MUL)), operators=(ADD, MUL, ADD, MUL))
+    assert lucky["rewards"][-1] == good["rewards"][-1] == expression["rewards"][-1] == 1.0
+    found = EpisodeStitcher(gamma=0.5, max_len=T).feed(chunks(lucky) + chunks(good, cuts=(4,)) + chunks(expression))
+    assert len(found) == 3
+    kept = keep_programs(found, ProgramCheck(trials=64))
+    assert [list(actions) for _, actions, _, _ in kept] == [
+        list(general_program(2)), list(oracle_program(7, (ADD, MUL, ADD, MUL)))
+    ]
 
 
 def test_shaped_episodes_are_replayed_by_outcome_not_by_shaping():

@@ -183,6 +183,20 @@ def test_observation_holds_context_stage_previous_action_and_no_registers():
     assert list(obs[:CONTEXT_LEN]) == [2, 3, 4] + [PAD_TOKEN] * (CONTEXT_LEN - 3)  # context does not move
 
 
+def test_every_observation_reads_back_as_its_task():
+    from envs.machine import STAGES
+    from envs.tool_machine import read_task
+
+    for stage in STAGES:
+        env = ToolMachineEnv({"stage": stage})
+        for seed in range(50):
+            obs, _ = env.reset(seed=seed)
+            task = (stage, env.digits, env.operators)
+            assert read_task(obs) == task
+            obs, *_ = env.step(MUL)  # later steps show the same context
+            assert read_task(obs) == task
+
+
 def test_mask_is_all_ones_when_off():
     env = ToolMachineEnv()
     obs, _ = env.reset(seed=0)
