@@ -334,7 +334,8 @@ class TrainConfig:
         bad = [v for _, v in points if not (math.isfinite(v) and v >= 0)]
         if bad:
             raise UsageError(f"--entropy-schedule {self.entropy_schedule!r}: values must be finite and >= 0, got {bad[0]}")
-        return points
+        # one pair is held from the start: a constant (RLlib's scheduler wants two or more)
+        return points[0][1] if len(points) == 1 else points
 
     def env_config(self) -> dict[str, Any]:
         """The training env's config."""

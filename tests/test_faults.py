@@ -148,6 +148,9 @@ def test_an_entropy_schedule_becomes_rllibs_schedule_and_reaches_the_learner():
     from rllib_app.algorithms import build_config
 
     assert build_config(cfg).entropy_coeff == [[0, 0.05], [300000, 0.01]]
+    # one pair: held from the start (RLlib's scheduler refuses a one-point schedule)
+    constant = TrainConfig(entropy_schedule="0:0.06").validate()
+    assert constant.entropy() == 0.06 and build_config(constant).entropy_coeff == 0.06
 
 
 def test_an_output_that_cannot_be_a_directory_is_refused_before_anything_starts(tmp_path):
