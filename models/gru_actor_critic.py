@@ -12,7 +12,10 @@ module knows RLModule but not the env):
   any length);
 * with ``context_attention`` (``"gru"`` only), every step also reads an attention
   over the context GRU's per-token outputs, queried by the previous hidden state:
-  the agent can point at the token it is working on instead of remembering them all;
+  the agent can point at the token it is working on instead of remembering them all.
+  With ``attention_projections`` the scores compare learned maps of the two
+  (``W_k read . W_q h``) instead of the raw vectors, so what the state asks ("the
+  operator after the third digit") need not look like what a token holds;
 * at an episode's first step (previous action == the start token) the hidden
   state is set to ``tanh(W x)``: a context-dependent initial state, computed
   inside the module because RLlib's initial state is constant;
@@ -79,6 +82,8 @@ POLICY_LAYERS = (
     "action_embedding",
     "gru",
     "policy_head",
+    "attention_query",
+    "attention_key",
 )
 
 
@@ -149,6 +154,15 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Infe
         shared_rows = torch.Generator().manual_seed(torch.initial_seed() + 1)
         with torch.no_grad():
             self.stage_embedding.weight[own_rows:].normal_(generator=shared_rows)
+        self._attention_projections = bool(cfg.get("attention_projections", False))
+        if self._attention_projections:
+            if not self._attention:
+                raise ValueError("attention_projections needs context_attention (they are its query and key maps)")
+            # drawn last and from a stream of their own: every other layer starts as without them
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(torch.initial_seed() + 2)
+                self.attention_query = nn.Linear(hidden, hidden)
+                self.attention_key = nn.Linear(hidden, hidden)
 
     @override(TorchRLModule)
     def get_initial_state(self) -> Any:
@@ -241,6 +255,7 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Infe
             tokens = torch.cat([last, net.stage_embedding(self._stage_rows[stage])], dim=-1)
             real_tokens = torch.arange(C) < length[:, None]  # [U, C]
             which = _unpick(read_at, which, B, T)  # [B, T]: other steps read context 0 (never used)
+            keyed = net.attention_key(read) if self._attention_projections else read  # [U, C, H]
         context_features = net.context_encoder(tokens)  # [N, H]
         initial = torch.tanh(net.initial_state(context_features[starts[encode]]))  # [S, H]: each start's state
         step_inputs = net.action_embedding(prev_action)
@@ -279,10 +294,10 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Infe
             if self._attention:
                 # which token to look at, from where the agent is now (gathered per step from
                 # the distinct reads: cheap to differentiate, unlike slicing a [B, T, C, H] copy)
-                keys = read[which[:n, t]]  # [n, C, H]
-                scores = torch.einsum("bch,bh->bc", keys, h_run) / self._hidden_size**0.5
+                query = net.attention_query(h_run) if self._attention_projections else h_run
+                scores = torch.einsum("bch,bh->bc", keyed[which[:n, t]], query) / self._hidden_size**0.5
                 weights = torch.softmax(scores.masked_fill(~real_tokens[which[:n, t]], -1e9), dim=-1)
-                x = torch.cat([x, torch.einsum("bc,bch->bh", weights, keys)], dim=-1)
+                x = torch.cat([x, torch.einsum("bc,bch->bh", weights, read[which[:n, t]])], dim=-1)
             h_run = net.gru(x, h_run)
             h = h_run if n == B else torch.cat([h_run, h[n:]])
             outputs.append(h)

@@ -63,6 +63,7 @@ def module_spec(cfg: TrainConfig) -> RLModuleSpec:
             "context_every_step": cfg.context_every_step,
             "context_encoder": cfg.context_encoder,
             "context_attention": cfg.context_attention,
+            "attention_projections": cfg.attention_projections,
             # what the concat encoder has weights for: the longest trained context (5 for
             # stages 0-2, as before expressions widened the observation to 13)
             "context_read_len": max(stage_context_len(s) for s in cfg.trained_stages()),

@@ -191,6 +191,10 @@ class TrainConfig:
     context_attention: bool = flag(
         False, "with --context-encoder gru: each step also attends over the context GRU's per-token outputs"
     )
+    attention_projections: bool = flag(
+        False, "with --context-attention: score the attention through learned query and key maps of the GRU "
+        "state and the context reads (off: their raw dot product)"
+    )
     # -- stopping, evaluation, output ---------------------------------------------------------------
     target_accuracy: float = flag(0.99, "stop when greedy accuracy on every stage reaches this", minimum=0, maximum=1)
     max_minutes: float = flag(15.0, "wall-clock budget of the run (a resumed run counts the minutes it has already trained)", minimum=0, strict_min=True)
@@ -256,6 +260,8 @@ class TrainConfig:
                 )
         if self.context_attention and self.context_encoder != "gru":
             raise UsageError("--context-attention attends over the context GRU's outputs; add --context-encoder gru")
+        if self.attention_projections and not self.context_attention:
+            raise UsageError("--attention-projections are the maps of --context-attention's scores; add --context-attention")
         if self.variant == "seed":
             from envs import SPEC_STAGES
 

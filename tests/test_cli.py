@@ -23,6 +23,8 @@ from conftest import run_cli
         (["train", "--variant", "seed", "--shaping", "0", "--sil-program-check", "64"],
          "--sil-program-check re-runs tools on the exact machine"),
         (["train", "--sil-program-check", "-1"], "--sil-program-check must be >= 0, got -1"),
+        (["train", "--context-encoder", "gru", "--attention-projections"],
+         "--attention-projections are the maps of --context-attention's scores; add --context-attention"),
         (["train", "--num-env-runners", "two"], "invalid int value: 'two'"),
         (["eval", "/nonexistent/run"], "checkpoint '/nonexistent/run' does not exist"),
         (["eval", "tests"], "'tests' is not a toolagent checkpoint"),

@@ -70,10 +70,11 @@ def test_each_row_of_a_batch_sees_its_own_context(context_every_step):
     assert not torch.allclose(logits[0], logits[1])
 
 
-ENCODERS = [{}, {"context_encoder": "gru"}, {"context_encoder": "gru", "context_attention": True}]
+PROJECTED = {"context_encoder": "gru", "context_attention": True, "attention_projections": True}
+ENCODERS = [{}, {"context_encoder": "gru"}, {"context_encoder": "gru", "context_attention": True}, PROJECTED]
 
 
-@pytest.mark.parametrize("encoder", ENCODERS, ids=["concat", "gru", "gru+attention"])
+@pytest.mark.parametrize("encoder", ENCODERS, ids=["concat", "gru", "gru+attention", "gru+projected attention"])
 def test_context_order_matters(encoder):
     module = make_module(**encoder)
     a = torch.as_tensor(episode_observations(0, (2, 3, 4), [ANS]))[None]
@@ -88,7 +89,7 @@ def test_context_order_matters(encoder):
     assert not torch.allclose(out[0][Columns.ACTION_DIST_INPUTS], out[1][Columns.ACTION_DIST_INPUTS])
 
 
-@pytest.mark.parametrize("encoder", ENCODERS[1:], ids=["gru", "gru+attention"])
+@pytest.mark.parametrize("encoder", ENCODERS[1:], ids=["gru", "gru+attention", "gru+projected attention"])
 def test_the_gru_reader_reads_up_to_the_padding_and_serves_every_length(encoder):
     """Its output does not depend on how many padding tokens follow, and one module
     takes expressions of 1 to 6 operators in one batch, every row as if alone."""
@@ -153,10 +154,25 @@ def test_attention_needs_the_gru_reader():
         make_module(context_attention=True)
     with pytest.raises(ValueError, match="context_encoder must be one of"):
         make_module(context_encoder="mean")
+    with pytest.raises(ValueError, match="attention_projections needs context_attention"):
+        make_module(context_encoder="gru", attention_projections=True)
+
+
+def test_attention_projections_leave_every_other_layer_as_it_was_drawn():
+    torch.manual_seed(5)
+    plain = make_module(context_encoder="gru", context_attention=True)
+    after_plain = torch.rand(1)
+    torch.manual_seed(5)
+    projected = make_module(**PROJECTED)
+    assert torch.equal(torch.rand(1), after_plain)  # the global stream too
+    extra = {name for name in projected.state_dict() if name not in plain.state_dict()}
+    assert extra == {"attention_query.weight", "attention_query.bias", "attention_key.weight", "attention_key.bias"}
+    for name, weight in plain.state_dict().items():
+        torch.testing.assert_close(projected.state_dict()[name], weight, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("extra", [{}, {"context_every_step": True},
-                                   {"context_encoder": "gru", "context_attention": True}])
+                                   {"context_encoder": "gru", "context_attention": True}, PROJECTED])
 def test_sequence_lengths_step_only_the_real_steps_and_change_nothing_there(extra):
     """With ``seq_lens`` (what RLlib's learner batches carry) the GRU steps only the rows
     still running: outputs and gradients at real steps equal those of the full unroll."""
@@ -205,7 +221,7 @@ def test_start_token_resets_the_state_and_padding_does_not():
 
 
 @pytest.mark.parametrize("extra", [{}, {"context_encoder": "gru", "context_attention": True},
-                                   {"context_every_step": True}])
+                                   {"context_every_step": True}, PROJECTED])
 def test_an_episode_starting_inside_a_row_starts_from_its_own_context(extra):
     """A row may hold an episode's end and the next one's start (a start token after the
     first step): each part's outputs are those of the episode on its own."""
