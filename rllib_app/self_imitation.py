@@ -49,6 +49,10 @@ SIL_DEFAULTS = {
 }
 
 
+#: The learner state key of the replays (one per module).
+SIL_COMPONENT = "self_imitation_replay"
+
+
 class SuccessReplay:
     """A FIFO ring of successful episodes, padded to ``max_len`` steps.
 
@@ -95,6 +99,31 @@ class SuccessReplay:
             idx = self.rng.integers(0, self.size, size=n)
         steps = np.arange(self.max_len)[None, :] < self.lengths[idx, None]
         return idx, self.obs[idx], self.actions[idx], self.returns[idx], steps
+
+    def get_state(self) -> dict:
+        """What a checkpoint keeps: the held episodes (observations as int8 when they
+        fit: tool-machine observations are small integers), ring position and priorities."""
+        n = self.size
+        obs = self.obs[:n]
+        small = n == 0 or (obs.min() >= -128 and obs.max() < 128)
+        return {
+            "capacity": self.capacity, "max_len": self.max_len, "obs_dim": self.obs.shape[-1], "alpha": self.alpha,
+            "obs": obs.astype(np.int8) if small else obs.copy(), "actions": self.actions[:n].astype(np.int8),
+            "returns": self.returns[:n].copy(), "lengths": self.lengths[:n].copy(),
+            "priorities": self.priorities[:n].copy(), "max_priority": self.max_priority,
+            "size": n, "cursor": self.cursor, "added": self.added, "rng": self.rng.bit_generator.state,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> SuccessReplay:
+        replay = cls(state["capacity"], state["max_len"], state["obs_dim"], alpha=state["alpha"])
+        n = replay.size = state["size"]
+        replay.obs[:n], replay.actions[:n] = state["obs"], state["actions"]
+        replay.returns[:n], replay.lengths[:n], replay.priorities[:n] = (
+            state["returns"], state["lengths"], state["priorities"])
+        replay.max_priority, replay.cursor, replay.added = state["max_priority"], state["cursor"], state["added"]
+        replay.rng.bit_generator.state = state["rng"]
+        return replay
 
     def update_priorities(self, idx: np.ndarray, priorities: np.ndarray) -> None:
         priorities = np.maximum(priorities, 1e-6)
@@ -224,6 +253,19 @@ class SelfImitationMixin:
         self._sil_found: deque = deque()
         self._sil_check: ProgramCheck | None = None
         self._sil_rejected = 0
+
+    def get_state(self, components=None, *, not_components=None, **kwargs):
+        state = super().get_state(components, not_components=not_components, **kwargs)
+        # checkpoints keep the replay, so a resumed run goes on imitating what it had found
+        # (without it the first evaluations after a resume read ~0.05 lower at stage 7)
+        if self._sil_replays and self._check_component(SIL_COMPONENT, components, not_components):
+            state[SIL_COMPONENT] = {mid: replay.get_state() for mid, replay in self._sil_replays.items()}
+        return state
+
+    def set_state(self, state) -> None:
+        super().set_state(state)
+        for module_id, replay in state.get(SIL_COMPONENT, {}).items():
+            self._sil_replays[module_id] = SuccessReplay.from_state(replay)
 
     def _make_batch_if_necessary(self, training_data):
         """Harvest the successes from the episode chunks before they become a padded batch."""

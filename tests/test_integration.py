@@ -172,6 +172,8 @@ def test_checkpoint_restore_keeps_weights_and_stage(local_ray, tmp_path):
         path = save_checkpoint(algo, cfg, tmp_path, 2)
         weights = algo.learner_group.get_weights()[MODULE_ID]
         curriculum = find_curriculum_callback(algo).curriculum.get_state()
+        replay = algo.learner_group._learner._sil_replays[MODULE_ID]
+        held = (len(replay), replay.cursor, replay.actions[: len(replay)].copy())
     finally:
         algo.stop()
     assert curriculum["stage"] == 1
@@ -186,6 +188,10 @@ def test_checkpoint_restore_keeps_weights_and_stage(local_ray, tmp_path):
         for k in weights:
             np.testing.assert_array_equal(np.asarray(again[k]), np.asarray(weights[k]))
         assert all(np.allclose(env, [0.2, 0.8] + [0] * (NUM_STAGES - 2)) for env in _env_weights(restored)[0])
+        # the self-imitation replay came back with the learner: a resume goes on imitating
+        again_replay = restored.learner_group._learner._sil_replays[MODULE_ID]
+        assert (len(again_replay), again_replay.cursor) == held[:2]
+        np.testing.assert_array_equal(again_replay.actions[: held[0]], held[2])
         assert restored.train()["curriculum"]["stage"] == 1
     finally:
         restored.stop()

@@ -129,6 +129,24 @@ def make_module():
                               model_config={**LAYOUT, "max_seq_len": T, "hidden_size": 32})
 
 
+def test_the_replay_state_brings_back_the_same_episodes_and_draws():
+    replay = SuccessReplay(capacity=4, max_len=T, obs_dim=observation_layout()["mask_index"] + 6, seed=3, alpha=0.6)
+    rng = np.random.default_rng(0)
+    for n in (9, 4, 5, 9, 12):  # one more than the capacity: the ring has turned
+        ep = played(2, tuple(int(x) for x in rng.integers(0, 10, 5)), general_program(2) if n == 9 else [MUL] * n)
+        m = len(ep["actions"])
+        replay.add(ep["obs"], ep["actions"], np.linspace(0, 1, m, dtype=np.float32), m)
+    replay.update_priorities(np.array([0, 2]), np.array([0.3, 2.0]))
+    state = replay.get_state()
+    assert state["obs"].dtype == np.int8  # observations are small integers
+    again = SuccessReplay.from_state(state)
+    for name in ("obs", "actions", "returns", "lengths", "priorities"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(replay, name), err_msg=name)
+    assert (len(again), again.cursor, again.added, again.max_priority) == (4, 1, 5, 2.0)
+    for a, b in zip(replay.sample(8), again.sample(8)):  # the same draws from here on
+        np.testing.assert_array_equal(a, b)
+
+
 def test_sil_policy_term_teaches_the_replayed_program():
     module = make_module()
     replay = SuccessReplay(capacity=100, max_len=T, obs_dim=played(0, (1, 2, 3), [ANS])["obs"].shape[1])
