@@ -255,10 +255,14 @@ def _cmd_eval(args) -> int:
     if args.json:
         print(json.dumps({"stages": report}))
     else:
-        print(f"{'stage':>5}  {'accuracy':>8}  {'mean return':>11}  {'episodes':>8}")
+        print(f"{'stage':>5}  {'accuracy':>8}  {'programs':>8}  {'mean return':>11}  {'episodes':>8}")
         for row, r in report.items():
             mark = "" if "trained" not in r else "  trained" if r["trained"] else "  held out"
-            print(f"{row:>5}  {r['accuracy']:8.3f}  {r['mean_return']:11.3f}  {r['episodes']:8d}{mark}")
+            programs = f"{r['program_accuracy']:8.3f}" if "program_accuracy" in r else f"{'-':>8}"
+            print(f"{row:>5}  {r['accuracy']:8.3f}  {programs}  {r['mean_return']:11.3f}  {r['episodes']:8d}{mark}")
+        if any("program_accuracy" in r for r in report.values()):
+            print("(programs: right with tools that answer every context of the row's stage and operator pattern, "
+                  "not a shortcut that hit this target)")
         if any(row.endswith("m") for row in report):
             print("(2m: stage 2 on its memory-required contexts, the ones no program without STO/RCL solves)")
         if args.max_operators:

@@ -49,7 +49,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from envs import ACTION_NAMES, MEMORY_STAGES, SPEC_STAGES
-from envs.machine import OPERATOR_STAGE
+from envs.analysis import ProgramCheck
+from envs.machine import EXPRESSION_OPERATORS, OPERATOR_STAGE, TOKEN_OPERATOR
 from envs.tool_machine import CONTEXT_LEN, PAD_TOKEN
 from envs.vector_tool_machine import ToolMachineVectorEnv
 from rllib_app.checkpoints import CheckpointError, read_run_info, resolve_checkpoint, write_parquet_atomic
@@ -244,16 +245,27 @@ def operator_rows(
     }
 
 
+def answered_by_a_program(episode: Episode, check: ProgramCheck) -> bool:
+    """Right, and by tools that answer every context of its stage (and operator pattern)
+    right: not a shortcut that happened to hit this target (``envs.analysis.ProgramCheck``)."""
+    operators = tuple(TOKEN_OPERATOR[t] for t in episode.digits[1::2]) if episode.stage in EXPRESSION_OPERATORS else ()
+    return episode.correct and check(episode.stage, operators, episode.actions)
+
+
 def accuracy_report(rows: dict[str, list[Episode]]) -> dict[str, dict[str, float | int]]:
-    """``{row: {accuracy, mean_return, episodes}}`` for ``evaluate_rows``' episodes."""
-    return {
-        key: {
+    """``{row: {accuracy, mean_return, episodes}}`` for ``evaluate_rows``' episodes, and on
+    the exact machine ``program_accuracy``: the share answered right by a program."""
+    check = ProgramCheck(trials=64)
+    report = {}
+    for key, eps in rows.items():
+        report[key] = {
             "accuracy": float(np.mean([e.correct for e in eps])),
             "mean_return": float(np.mean([e.episode_return for e in eps])),
             "episodes": len(eps),
         }
-        for key, eps in rows.items()
-    }
+        if all(e.variant == "exact" for e in eps):
+            report[key]["program_accuracy"] = float(np.mean([answered_by_a_program(e, check) for e in eps]))
+    return report
 
 
 def greedy_accuracy(

@@ -336,3 +336,28 @@ def test_plot_and_report_of_a_trained_run(trained_run):
         section = report.split(f"**Row {row}**")[1].split("**Row")[0].split("## Config")[0]
         assert section.count("\n| ") == 2 + 2  # header, separator, two episodes
     assert "| setting | value | setting | value |" in report and "`hidden_size` | **`32`**" in report
+
+
+def test_the_report_tells_answers_by_a_program_from_lucky_ones():
+    from envs import ADD, MUL, RCL, STO, SUB
+    from rllib_app.evaluate import Episode, accuracy_report
+
+    def episode(stage, context, tools, correct, variant="exact"):
+        return Episode(stage=stage, digits=context, target=0, actions=list(tools), answered=True, answer=0,
+                       correct=correct, episode_return=float(correct), variant=variant)
+
+    memory = (MUL, MUL, ADD, STO, MUL, MUL, RCL, SUB, ANS)
+    rows = {
+        # d*e = 0: a*b+c is right here, but it is no program for stage 2
+        "2": [episode(2, (1, 2, 3, 4, 0), (MUL, MUL, ADD, ANS), True), episode(2, (1, 2, 3, 4, 5), memory, True),
+              episode(2, (1, 2, 3, 4, 5), (MUL, ANS), False), episode(2, (5, 6, 7, 8, 9), memory, True)],
+        # the program of a + b*c*d + e is right on a + b*c + d*e only by luck, as when d = 1
+        "4op": [episode(7, (2, 11, 3, 10, 4, 11, 5, 10, 6), (ADD, STO, MUL, MUL, RCL, ADD, STO, MUL, MUL, RCL, ADD, ANS),
+                        True),
+                episode(7, (2, 11, 3, 10, 4, 11, 1, 10, 6), (ADD, STO, MUL, MUL, MUL, ADD, RCL, ADD, ANS), True)],
+        "seed": [episode(2, (1, 2, 3, 4, 5), (MUL, ADD, ANS), True, variant="seed")],
+    }
+    report = accuracy_report(rows)
+    assert (report["2"]["accuracy"], report["2"]["program_accuracy"]) == (0.75, 0.5)
+    assert (report["4op"]["accuracy"], report["4op"]["program_accuracy"]) == (1.0, 0.5)
+    assert "program_accuracy" not in report["seed"]  # other rules: the check does not apply
