@@ -97,14 +97,19 @@ def context_tokens(stage: int, digits: Sequence[int], operators: Sequence[int] =
     return tuple(tokens)
 
 
-def read_task(obs: Sequence[int]) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
-    """``(stage, digits, operators)`` of the task an observation shows (the inverse of
-    ``context_tokens``); any step's observation of an episode will do."""
-    stage = int(obs[CONTEXT_LEN])
-    tokens = [int(t) for t in obs[:CONTEXT_LEN] if t != PAD_TOKEN]
+def read_context(stage: int, tokens: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(digits, operators)`` of a context as ``context_tokens`` shows it (its inverse)."""
+    tokens = [int(t) for t in tokens]
     if stage not in EXPRESSION_OPERATORS:
-        return stage, tuple(tokens), ()
-    return stage, tuple(tokens[0::2]), tuple(TOKEN_OPERATOR[t] for t in tokens[1::2])
+        return tuple(tokens), ()
+    return tuple(tokens[0::2]), tuple(TOKEN_OPERATOR[t] for t in tokens[1::2])
+
+
+def read_task(obs: Sequence[int]) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    """``(stage, digits, operators)`` of the task an observation shows; any step's
+    observation of an episode will do."""
+    stage = int(obs[CONTEXT_LEN])
+    return (stage, *read_context(stage, [t for t in obs[:CONTEXT_LEN] if t != PAD_TOKEN]))
 
 
 def pattern_cdfs(weights: Sequence[float] | None) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:

@@ -50,8 +50,8 @@ import pyarrow.parquet as pq
 
 from envs import ACTION_NAMES, MEMORY_STAGES, SPEC_STAGES
 from envs.analysis import ProgramCheck
-from envs.machine import EXPRESSION_OPERATORS, OPERATOR_STAGE, TOKEN_OPERATOR
-from envs.tool_machine import CONTEXT_LEN, PAD_TOKEN
+from envs.machine import OPERATOR_STAGE
+from envs.tool_machine import CONTEXT_LEN, PAD_TOKEN, read_context
 from envs.vector_tool_machine import ToolMachineVectorEnv
 from rllib_app.checkpoints import CheckpointError, read_run_info, resolve_checkpoint, write_parquet_atomic
 from rllib_app.config import UsageError
@@ -248,7 +248,7 @@ def operator_rows(
 def answered_by_a_program(episode: Episode, check: ProgramCheck) -> bool:
     """Right, and by tools that answer every context of its stage (and operator pattern)
     right: not a shortcut that happened to hit this target (``envs.analysis.ProgramCheck``)."""
-    operators = tuple(TOKEN_OPERATOR[t] for t in episode.digits[1::2]) if episode.stage in EXPRESSION_OPERATORS else ()
+    _, operators = read_context(episode.stage, episode.digits)
     return episode.correct and check(episode.stage, operators, episode.actions)
 
 
