@@ -77,7 +77,10 @@ class TrainConfig:
     )
     sil_coeff: float = flag(1.0, "self-imitation loss coefficient (0: off)", minimum=0)
     sil_batch_episodes: int = flag(256, "successful episodes replayed per self-imitation update", minimum=1)
-    sil_capacity: int = flag(20_000, "successful episodes kept for self-imitation", minimum=1)
+    sil_capacity: int = flag(
+        20_000, "successful episodes kept for self-imitation (on --resume, the newest of the checkpoint's that fit)",
+        minimum=1,
+    )
     sil_priority_alpha: float = flag(
         0.6, "self-imitation replay in proportion to (R-V)+ ** alpha (0: uniform)", minimum=0
     )

@@ -115,14 +115,24 @@ class SuccessReplay:
         }
 
     @classmethod
-    def from_state(cls, state: dict) -> SuccessReplay:
-        replay = cls(state["capacity"], state["max_len"], state["obs_dim"], alpha=state["alpha"])
-        n = replay.size = state["size"]
-        replay.obs[:n], replay.actions[:n] = state["obs"], state["actions"]
-        replay.returns[:n], replay.lengths[:n], replay.priorities[:n] = (
-            state["returns"], state["lengths"], state["priorities"])
-        replay.max_priority, replay.cursor, replay.added = state["max_priority"], state["cursor"], state["added"]
+    def from_state(cls, state: dict, capacity: int | None = None, alpha: float | None = None) -> SuccessReplay:
+        """The replay ``get_state`` kept. ``capacity`` and ``alpha`` (a resumed run's
+        settings) replace the saved ones; a smaller capacity keeps the newest episodes."""
+        n, old_capacity, cursor = state["size"], state["capacity"], state["cursor"]
+        capacity = old_capacity if capacity is None else capacity
+        alpha = state["alpha"] if alpha is None else alpha
+        replay = cls(capacity, state["max_len"], state["obs_dim"], alpha=alpha)
         replay.rng.bit_generator.state = state["rng"]
+        replay.max_priority, replay.added = state["max_priority"], state["added"]
+        if capacity == old_capacity:  # the same ring, slot for slot
+            order, replay.cursor = np.arange(n), cursor
+        else:  # oldest first (a full ring starts at its cursor), then the newest that fit
+            order = (np.roll(np.arange(n), -cursor) if n == old_capacity else np.arange(n))[-capacity:]
+            replay.cursor = len(order) % capacity
+        m = replay.size = len(order)
+        replay.obs[:m], replay.actions[:m] = state["obs"][order], state["actions"][order]
+        replay.returns[:m], replay.lengths[:m], replay.priorities[:m] = (
+            state["returns"][order], state["lengths"][order], state["priorities"][order])
         return replay
 
     def update_priorities(self, idx: np.ndarray, priorities: np.ndarray) -> None:
@@ -264,8 +274,10 @@ class SelfImitationMixin:
 
     def set_state(self, state) -> None:
         super().set_state(state)
+        sil = self._sil_settings(self.config)  # a resumed run's --sil-capacity/--sil-priority-alpha apply
         for module_id, replay in state.get(SIL_COMPONENT, {}).items():
-            self._sil_replays[module_id] = SuccessReplay.from_state(replay)
+            self._sil_replays[module_id] = SuccessReplay.from_state(
+                replay, capacity=int(sil["sil_capacity"]), alpha=float(sil["sil_priority_alpha"]))
 
     def _make_batch_if_necessary(self, training_data):
         """Harvest the successes from the episode chunks before they become a padded batch."""

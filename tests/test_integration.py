@@ -1,5 +1,6 @@
 """Real Ray, real RLlib: training, the curriculum on every env, checkpoints, eval."""
 
+import dataclasses
 import json
 import os
 
@@ -195,6 +196,18 @@ def test_checkpoint_restore_keeps_weights_and_stage(local_ray, tmp_path):
         assert restored.train()["curriculum"]["stage"] == 1
     finally:
         restored.stop()
+
+    # a resume (`train --resume`: the new flags' algorithm, then the checkpoint's state)
+    # keeps the newest episodes that fit the new --sil-capacity, drawn with the new alpha
+    resumed = _build(dataclasses.replace(cfg, sil_capacity=2, sil_priority_alpha=0.5))
+    try:
+        resumed.restore_from_path(str(path))
+        smaller = resumed.learner_group._learner._sil_replays[MODULE_ID]
+        assert (smaller.capacity, len(smaller), smaller.alpha) == (2, min(2, held[0]), 0.5)
+        assert held[0] < cfg.sil_capacity  # the ring had not turned: slots hold oldest first
+        np.testing.assert_array_equal(smaller.actions[: len(smaller)], held[2][-len(smaller):])
+    finally:
+        resumed.stop()
 
 
 def test_ablate_runs_each_lever_resumes_and_writes_the_table(tmp_path):
