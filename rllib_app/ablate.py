@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rllib_app.checkpoints import write_json_atomic, write_text_atomic
-from rllib_app.config import TrainConfig, UsageError
+from rllib_app.config import TrainConfig, UsageError, parse_seeds
 
 #: Each lever as the train-config change that removes it from the default recipe.
 LEVERS: dict[str, dict[str, Any]] = {
@@ -177,12 +177,7 @@ def parse(args: argparse.Namespace, train_args: list[str]) -> tuple[list[str], l
     unknown = [name for name in levers if name not in LEVERS]
     if not levers or unknown:
         raise UsageError(f"--levers {args.levers!r}: unknown lever(s) {unknown}; allowed: {', '.join(LEVERS)}")
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        seeds = []
-    if not seeds or any(s < 0 for s in seeds):
-        raise UsageError(f"--seeds {args.seeds!r} must be a comma-separated list of seeds >= 0, e.g. 0,1,2")
+    seeds = parse_seeds(args.seeds)
     if any(a == "--seed" or a.startswith(("--seed=", "--output")) for a in train_args):
         raise UsageError("give seeds with --seeds and the directory with --output; ablate sets each run's own")
     parser = argparse.ArgumentParser(prog="toolagent ablate", add_help=False, exit_on_error=False)

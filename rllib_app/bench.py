@@ -29,6 +29,10 @@ One run measures, side by side (``DIR/bench.json``, and a table on stdout):
    with the same time budget, plus its sampling rate alone.
 
 Milestones not reached within the budget are reported as not reached (``null``).
+``--seeds 0,1,2`` runs the baseline and the trainings once per seed (``seed_runs`` in
+the JSON, each seed's logs in ``DIR/seed_S``; the other sections run once, with the
+first seed) and adds a table of each seed's times and the medians: one seed's
+time to a milestone is noisy (a baseline's first update can solve stage 0 by luck).
 ``--quick`` uses tiny budgets (one env count, ~2 s per sampling row, 25 s of
 training each) and finishes in about three minutes on 2 cores; the full run takes
 at most 3 x ``--minutes-per-training`` plus 8-10 minutes (21 sampling rows of 15 s, each
@@ -51,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from rllib_app.config import TrainConfig, UsageError
+from rllib_app.config import TrainConfig, UsageError, parse_seeds
 
 ALGOS = ("impala", "a2c", "ppo")
 #: The algorithms whose milestones are compared with the baseline's: IMPALA (``toolagent
@@ -76,15 +80,26 @@ class BenchSettings:
     seed: int = 0
     #: which of ``SECTIONS`` to run (the milestones alone: baseline and rllib_training)
     sections: tuple[str, ...] = SECTIONS
+    #: the milestone sections once per seed (``seed`` is the first; the others run the
+    #: baseline and the trainings only); empty: ``seed`` alone
+    seeds: tuple[int, ...] = ()
 
     @classmethod
     def make(cls, output: str, quick: bool, minutes: float | None, seed: int,
-             sections: tuple[str, ...] = SECTIONS, algos: tuple[str, ...] = ALGOS) -> BenchSettings:
+             sections: tuple[str, ...] = SECTIONS, algos: tuple[str, ...] = ALGOS,
+             seeds: tuple[int, ...] = ()) -> BenchSettings:
+        seed = seeds[0] if seeds else seed
         if quick:
             return cls(pathlib.Path(output), quick=True, minutes_per_training=minutes or 25 / 60,
-                       sampling_seconds=2.0, num_envs=(32,), seed=seed, sections=sections, algos=algos)
+                       sampling_seconds=2.0, num_envs=(32,), seed=seed, sections=sections, algos=algos, seeds=seeds)
         return cls(pathlib.Path(output), minutes_per_training=15.0 if minutes is None else minutes, seed=seed,
-                   sections=sections, algos=algos)
+                   sections=sections, algos=algos, seeds=seeds)
+
+    def per_seed(self) -> list[tuple[BenchSettings, pathlib.Path]]:
+        """The settings and output directory of each seed's milestone sections."""
+        if len(self.seeds) < 2:
+            return [(self, self.output)]
+        return [(dataclasses.replace(self, seed=s), self.output / f"seed_{s}") for s in self.seeds]
 
 
 def _log(text: str) -> None:
@@ -411,14 +426,18 @@ def _quiet(path: pathlib.Path):
         yield
 
 
-def _section(report: dict[str, Any], key: str, fn, *args) -> None:
+def _section(report: dict[str, Any], key: str, fn, *args, into: dict[str, Any] | None = None) -> None:
+    """``into[key] = fn(*args)`` (``into``: the report itself by default), or its error;
+    the seconds it took add to ``report["section_seconds"][key]``."""
     t0 = time.perf_counter()
+    into = report if into is None else into
     try:
-        report[key] = fn(*args)
+        into[key] = fn(*args)
     except Exception as err:
-        report[key] = {"error": repr(err)}
+        into[key] = {"error": repr(err)}
         _log(f"{key}: failed: {err!r}")
-    report["section_seconds"][key] = round(time.perf_counter() - t0, 1)
+    seconds = report["section_seconds"]
+    seconds[key] = round(seconds.get(key, 0.0) + time.perf_counter() - t0, 1)
 
 
 def run(settings: BenchSettings, command: str = "") -> dict[str, Any]:
@@ -448,9 +467,12 @@ def run(settings: BenchSettings, command: str = "") -> dict[str, Any]:
     if "inference" in wanted:
         _log("module inference ...")
         _section(report, "inference", bench_inference, short, settings.seed)
+    runs = settings.per_seed()
+    seed_runs: list[dict[str, Any]] = [{"seed": one.seed} for one, _ in runs]
     if "baseline" in wanted:
-        _log(f"baseline ({settings.minutes_per_training * 60:.0f} s) ...")
-        _section(report, "baseline", bench_baseline, settings, out)
+        for (one, where), into in zip(runs, seed_runs):
+            _log(f"baseline ({settings.minutes_per_training * 60:.0f} s, seed {one.seed}) ...")
+            _section(report, "baseline", bench_baseline, one, where, into=into)
     if wanted & {"rllib_sampling", "rllib_training"}:
         # one local Ray of our own for every RLlib section; runner output stays out of our table
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
@@ -460,10 +482,15 @@ def run(settings: BenchSettings, command: str = "") -> dict[str, Any]:
                 _log("rllib sampling ...")
                 _section(report, "rllib_sampling", bench_rllib_sampling, settings, out / "rllib_sampling")
             if "rllib_training" in wanted:
-                _log("rllib training ...")
-                _section(report, "rllib_training", bench_rllib_training, settings, out / "rllib_training")
+                for (one, where), into in zip(runs, seed_runs):
+                    _log(f"rllib training (seed {one.seed}) ...")
+                    _section(report, "rllib_training", bench_rllib_training, one, where / "rllib_training", into=into)
         finally:
             ray.shutdown()
+    # the main table is the first seed's; the table over seeds adds the others
+    report.update({k: v for k, v in seed_runs[0].items() if k != "seed"})
+    if len(seed_runs) > 1:
+        report["seed_runs"] = seed_runs
     report["load_average_at_end"] = list(os.getloadavg())
     report["total_seconds"] = round(time.perf_counter() - began, 1)
     report["table"] = format_table(report)
@@ -567,10 +594,70 @@ def format_table(report: dict[str, Any]) -> str:
                          f"{_ratio(r['training_seconds'], b['training_seconds'])}"
                          if both else "-")
         lines.append(f"| {name} ({', '.join(rows)}) | " + " | ".join(cells) + " |")
+    if report.get("seed_runs"):
+        lines += ["", format_seed_table(report["seed_runs"])]
     budgets = [f"{x.get('budget_minutes', 0) * 60:.0f} s" for x in (base, *trainings) if x.get("budget_minutes")]
     if budgets:
         lines.append(f"\nBudget per training: {budgets[0]}. Machine load average at start: "
                      f"{', '.join(f'{v:.1f}' for v in report.get('machine', {}).get('load_average_at_start', []))}.")
+    return "\n".join(lines)
+
+
+def _median_milestones(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per milestone, the median env steps and training seconds over ``runs`` (a run that
+    did not reach it counts as infinitely late, so the median is reached only if more
+    than half the runs reached it)."""
+    out = {}
+    for name in MILESTONE_ROWS:
+        hits = [r.get("milestones", {}).get(name) or {"reached": False} for r in runs]
+        med = {k: float(np.median([m[k] if m["reached"] else np.inf for m in hits]))
+               for k in ("env_steps", "training_seconds")}
+        reached = bool(np.isfinite(med["training_seconds"]))
+        out[name] = {"reached": reached, "env_steps": med["env_steps"] if reached else None,
+                     "training_seconds": med["training_seconds"] if reached else None,
+                     "seeds_reached": sum(m["reached"] for m in hits)}
+    return out
+
+
+def format_seed_table(seed_runs: list[dict[str, Any]]) -> str:
+    """Training time to each milestone per seed, baseline against the RLlib algorithm
+    whose medians are best, and the medians' ratio."""
+    def ok(x):
+        return isinstance(x, dict) and "milestones" in x
+
+    bases = [r.get("baseline") for r in seed_runs]
+    algos = dict.fromkeys(t["algo"] for r in seed_runs if isinstance(r.get("rllib_training"), list)
+                          for t in r["rllib_training"] if ok(t))
+    medians = [{"algo": a, "milestones": _median_milestones(
+        [next((t for t in r.get("rllib_training") or [] if ok(t) and t["algo"] == a), {}) for r in seed_runs])}
+        for a in algos]
+    best = best_training(medians)
+    if best is None or not all(ok(b) for b in bases):
+        return "(no milestones over seeds: a baseline or every RLlib training failed)"
+    algo = best["algo"]
+    base_median = _median_milestones(bases)
+
+    def seconds(m):
+        return f"{m['training_seconds']:.1f} s" if m and m["reached"] else "not reached"
+
+    def pair(b, r):
+        both = b and r and b["reached"] and r["reached"]
+        return f"{seconds(b)} / {seconds(r)}" + (f" ({_ratio(r['training_seconds'], b['training_seconds'])})"
+                                                  if both else "")
+
+    lines = [f"| milestone: training s, baseline / RLlib {algo} | "
+             + " | ".join(f"seed {r['seed']}" for r in seed_runs)
+             + f" | median over {len(seed_runs)} seeds | median env steps, baseline / RLlib {algo} |",
+             "|" + " --- |" * (len(seed_runs) + 3)]
+    for name, rows in MILESTONE_ROWS.items():
+        cells = []
+        for r, b in zip(seed_runs, bases):
+            t = next((t for t in r.get("rllib_training") or [] if ok(t) and t["algo"] == algo), {})
+            cells.append(pair(b["milestones"].get(name), t.get("milestones", {}).get(name)))
+        b, m = base_median[name], best["milestones"][name]
+        cells.append(f"**{pair(b, m)}**")
+        cells.append(f"{b['env_steps']:,.0f} / {m['env_steps']:,.0f}" if b["reached"] and m["reached"] else "-")
+        lines.append(f"| {name} ({', '.join(rows)}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -583,6 +670,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes-per-training", type=float, default=None,
                         help="wall-clock budget of each training: the baseline, IMPALA, A2C (default: 15; --quick: 25 s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the trainings (default: 0)")
+    parser.add_argument("--seeds", default=None, metavar="A,B",
+                        help="train the baseline and the RLlib algorithms once per seed (the other sections run "
+                             "with the first) and add a table of the milestones per seed and their medians")
     parser.add_argument("--sections", default=",".join(SECTIONS), metavar="A,B",
                         help=f"which sections to run, of {', '.join(SECTIONS)} (default: all; the milestones "
                              "alone: baseline,rllib_training)")
@@ -596,6 +686,11 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(f"--minutes-per-training must be > 0, got {args.minutes_per_training}")
     if args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    seeds: tuple[int, ...] = ()
+    if args.seeds is not None:
+        if args.seed:
+            raise UsageError("give --seed or --seeds, not both")
+        seeds = tuple(parse_seeds(args.seeds))
     sections = tuple(s.strip() for s in args.sections.split(",") if s.strip())
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown or not sections:
@@ -614,18 +709,26 @@ def main(args: argparse.Namespace) -> int:
     command = " ".join(["toolagent bench", *(["--quick"] if args.quick else []), "--output", args.output,
                         *([f"--minutes-per-training {args.minutes_per_training:g}"] if args.minutes_per_training else []),
                         *([f"--seed {args.seed}"] if args.seed else []),
+                        *([f"--seeds {','.join(map(str, seeds))}"] if seeds else []),
                         *([f"--sections {','.join(sections)}"] if sections != SECTIONS else []),
                         *([f"--algos {','.join(algos)}"] if algos != ALGOS else [])])
-    report = run(BenchSettings.make(args.output, args.quick, args.minutes_per_training, args.seed, sections, algos),
-                 command)
+    report = run(BenchSettings.make(args.output, args.quick, args.minutes_per_training, args.seed, sections, algos,
+                                    seeds), command)
     print(report["table"])
     print(f"\nwrote {out / 'bench.json'} ({report['total_seconds']:.0f} s)")
-    failed = [k for k in SECTIONS if isinstance(report.get(k), dict) and "error" in report[k]]
+    failed = [k for k in ("raw_env", "inference", "rllib_sampling")
+              if isinstance(report.get(k), dict) and "error" in report[k]]
     if isinstance(report.get("rllib_sampling"), list):
         failed += [f"rllib_sampling {r['algo']} {r['num_envs_per_env_runner']}" for r in report["rllib_sampling"]
                    if "error" in r]
-    if isinstance(report.get("rllib_training"), list):
-        failed += [f"rllib_training {r['algo']}" for r in report["rllib_training"] if "error" in r]
+    for one in report.get("seed_runs") or [report]:  # the milestone sections, of every seed
+        where = f" (seed {one['seed']})" if "seed" in one else ""
+        if isinstance(one.get("baseline"), dict) and "error" in one["baseline"]:
+            failed.append(f"baseline{where}")
+        if isinstance(one.get("rllib_training"), dict) and "error" in one["rllib_training"]:
+            failed.append(f"rllib_training{where}")
+        if isinstance(one.get("rllib_training"), list):
+            failed += [f"rllib_training {r['algo']}{where}" for r in one["rllib_training"] if "error" in r]
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

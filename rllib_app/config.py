@@ -34,6 +34,17 @@ class UsageError(ValueError):
     """A bad value a user typed: reported as one line, exit code 2."""
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2``: distinct integers >= 0 (a repeated seed would only repeat a run)."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds {text!r}: give distinct integers >= 0, comma-separated (e.g. 0,1,2)")
+    return seeds
+
+
 def flag(default: Any, help: str, *, choices=None, minimum=None, maximum=None, strict_min=False, per_algo=None):
     """A ``TrainConfig`` field. ``per_algo``: {algo: default} where an algorithm's
     measured default differs; the field then defaults to None, resolved from ``algo``

@@ -47,7 +47,7 @@ def test_table_reports_mean_spread_and_steps_to_solve_over_seeds():
     "args, expected",
     [
         (["--levers", "mask,wings"], "unknown lever(s) ['wings']"),
-        (["--seeds", "0,-1"], "--seeds '0,-1' must be a comma-separated list of seeds >= 0"),
+        (["--seeds", "0,-1"], "--seeds '0,-1': give distinct integers >= 0, comma-separated"),
         (["--hidden-size", "0"], "--hidden-size must be >= 1, got 0"),
         (["--wings", "2"], "unrecognised flag(s) --wings 2"),
     ],

@@ -145,12 +145,67 @@ def test_the_table_compares_the_best_rllib_training_with_the_baseline():
     assert "| stage 0 (0) | 20,000, 1.0 s (2.0 s) | 10,000, 6.0 s (7.0 s) | 12,000, 5.0 s (6.0 s) | 0.60x, 5.00x |" in table
 
 
+def test_the_seed_table_gives_each_seeds_times_and_the_medians():
+    def side(algo, *seconds):  # training seconds per milestone, None = not reached
+        return {"algo": algo, "milestones": {
+            name: {"reached": t is not None, "env_steps": t and int(t * 1000), "wall_seconds": t and t + 1,
+                   "training_seconds": t} for name, t in zip(MILESTONES, seconds)}}
+
+    runs = [
+        {"seed": 0, "baseline": side("baseline", 1.0, 6.0, 55.0),
+         "rllib_training": [side("a2c", 1.5, 8.0, 50.0), side("impala", 3.0, 20.0, None)]},
+        {"seed": 1, "baseline": side("baseline", 0.2, 8.0, None),
+         "rllib_training": [side("a2c", 2.5, 7.0, 90.0), {"algo": "impala", "error": "boom"}]},
+        {"seed": 2, "baseline": side("baseline", 0.8, 7.0, 80.0),
+         "rllib_training": [side("a2c", 1.2, 12.0, 60.0), side("impala", 2.0, None, None)]},
+    ]
+    med = bench._median_milestones([r["baseline"] for r in runs])
+    assert med["stage 0"] == {"reached": True, "env_steps": 800.0, "training_seconds": 0.8, "seeds_reached": 3}
+    # one seed not reached counts as latest: the median of 3 is still the middle one, 80 s
+    assert med["stages 0-2"]["training_seconds"] == 80.0 and med["stages 0-2"]["seeds_reached"] == 2
+    impala = bench._median_milestones([runs[0]["rllib_training"][1], {}, runs[2]["rllib_training"][1]])
+    assert impala["stage 0"]["training_seconds"] == 3.0  # a failed run counts as never reaching it
+    assert not impala["stages 0-1"]["reached"] and impala["stages 0-1"]["env_steps"] is None
+
+    table = bench.format_seed_table(runs)
+    assert "| milestone: training s, baseline / RLlib a2c | seed 0 | seed 1 | seed 2 | median over 3 seeds |" in table
+    assert "| stage 0 (0) | 1.0 s / 1.5 s (1.50x) | 0.2 s / 2.5 s (12.50x) | 0.8 s / 1.2 s (1.50x) " \
+           "| **0.8 s / 1.5 s (1.88x)** | 800 / 1,500 |" in table
+    assert "| 8.0 s / 7.0 s (0.88x) |" in table
+    assert "| not reached / 90.0 s |" in table and "**80.0 s / 60.0 s (0.75x)**" in table
+    # and the main table carries it when the report has runs over seeds
+    assert table in bench.format_table({"baseline": runs[0]["baseline"], "seed_runs": runs})
+
+
+@pytest.mark.integration
+def test_bench_runs_the_milestones_once_per_seed(tmp_path):
+    out = tmp_path / "bench"
+    proc = run_cli("bench", "--quick", "--sections", "baseline,rllib_training", "--algos", "a2c",
+                   "--seeds", "3,1", "--minutes-per-training", "0.1", "--output", str(out), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "bench.json").read_text())
+    assert report["command"].endswith("--seeds 3,1 --sections baseline,rllib_training --algos a2c")
+    assert [r["seed"] for r in report["seed_runs"]] == [3, 1]
+    for r in report["seed_runs"]:
+        assert (out / f"seed_{r['seed']}" / "baseline.json").exists()
+        assert (out / f"seed_{r['seed']}" / "rllib_training" / "a2c").is_dir()
+        for section in (r["baseline"], *r["rllib_training"]):
+            assert "error" not in section and section["env_steps"] > 0
+            _check_milestones(section["milestones"])
+    # the main table is the first seed's
+    assert report["baseline"] == report["seed_runs"][0]["baseline"]
+    assert "median over 2 seeds" in proc.stdout and "| seed 3 | seed 1 |" in report["table"]
+
+
 @pytest.mark.parametrize("args, expected", [
     (["--minutes-per-training", "0"], "--minutes-per-training must be > 0, got 0.0"),
     (["--seed", "-1"], "--seed must be >= 0, got -1"),
     (["--output", "pyproject.toml"], "--output 'pyproject.toml' is not a directory"),
     (["--sections", "baseline,gpu"], "--sections 'baseline,gpu': each must be one of raw_env, inference"),
     (["--algos", "a2c,dqn"], "--algos 'a2c,dqn': each must be one of impala, a2c, ppo"),
+    (["--seeds", "0,x"], "--seeds '0,x': give distinct integers >= 0, comma-separated"),
+    (["--seeds", "1,1"], "--seeds '1,1': give distinct integers >= 0"),
+    (["--seed", "2", "--seeds", "0,1"], "give --seed or --seeds, not both"),
 ])
 def test_bench_usage_errors(args, expected):
     proc = run_cli("bench", *args, timeout=120)
