@@ -117,6 +117,15 @@ def test_milestones_are_first_reached_and_never_faked():
     _check_milestones(m)
 
 
+def test_a_milestone_counts_the_training_before_its_evaluation_not_minus_it():
+    # train() reads wall_seconds (10.0) before iteration 3 evaluates for 0.8 s; eval_seconds
+    # (2.3) already counts that evaluation: the training time is 10.0 - 1.5, never 10.0 - 2.3
+    point = bench.point_after_evaluation({"env_steps": 3072, "wall_seconds": 10.0, "eval_seconds": 2.3}, 1.5)
+    assert point == {"env_steps": 3072, "wall_seconds": 10.8, "eval_seconds": 2.3}
+    m = bench._milestones([{**point, "accuracy": {"0": 1.0}}], 0.99)["stage 0"]
+    assert m["training_seconds"] == 8.5 and m["wall_seconds"] == 10.8
+
+
 def test_synchronous_trainings_evaluate_after_every_update_as_the_baseline_does():
     """A2C's iteration is then one batch, and every iteration evaluates."""
     assert bench._evaluation_flags("a2c") == {"min_iteration_seconds": 0, "eval_interval": 1}
