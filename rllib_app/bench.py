@@ -638,12 +638,14 @@ def format_seed_table(seed_runs: list[dict[str, Any]]) -> str:
     def ok(x):
         return isinstance(x, dict) and "milestones" in x
 
+    def training(run, algo):  # one seed's training of algo ({} if it failed or did not run)
+        trainings = run.get("rllib_training")
+        return next((t for t in trainings if ok(t) and t["algo"] == algo), {}) if isinstance(trainings, list) else {}
+
     bases = [r.get("baseline") for r in seed_runs]
     algos = dict.fromkeys(t["algo"] for r in seed_runs if isinstance(r.get("rllib_training"), list)
                           for t in r["rllib_training"] if ok(t))
-    medians = [{"algo": a, "milestones": _median_milestones(
-        [next((t for t in r.get("rllib_training") or [] if ok(t) and t["algo"] == a), {}) for r in seed_runs])}
-        for a in algos]
+    medians = [{"algo": a, "milestones": _median_milestones([training(r, a) for r in seed_runs])} for a in algos]
     best = best_training(medians)
     if best is None or not all(ok(b) for b in bases):
         return "(no milestones over seeds: a baseline or every RLlib training failed)"
@@ -665,8 +667,7 @@ def format_seed_table(seed_runs: list[dict[str, Any]]) -> str:
     for name, rows in MILESTONE_ROWS.items():
         cells = []
         for r, b in zip(seed_runs, bases):
-            t = next((t for t in r.get("rllib_training") or [] if ok(t) and t["algo"] == algo), {})
-            cells.append(pair(b["milestones"].get(name), t.get("milestones", {}).get(name)))
+            cells.append(pair(b["milestones"].get(name), training(r, algo).get("milestones", {}).get(name)))
         b, m = base_median[name], best["milestones"][name]
         cells.append(f"**{pair(b, m)}**")
         cells.append(f"{b['env_steps']:,.0f} / {m['env_steps']:,.0f}" if b["reached"] and m["reached"] else "-")
