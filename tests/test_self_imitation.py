@@ -150,7 +150,7 @@ def test_the_replay_state_brings_back_the_same_episodes_and_draws():
 def test_a_resumed_replay_takes_the_new_capacity_and_alpha_and_keeps_the_newest():
     obs_dim = observation_layout()["mask_index"] + 6
     replay = SuccessReplay(capacity=4, max_len=T, obs_dim=obs_dim, seed=3)
-    for n in range(1, 7):  # six episodes of 1..6 MULs then ANS: the ring turned, lengths name them
+    for n in range(1, 7):  # six episodes of n steps (MULs; the sixth ends with ANS): the ring turned, lengths name them
         ep = played(2, (2, 3, 4, 5, 6), [MUL] * min(n, 5) + [ANS] * (n > 5))
         replay.add(ep["obs"], ep["actions"], np.ones(len(ep["actions"]), dtype=np.float32), n)
     state = replay.get_state()
@@ -159,7 +159,7 @@ def test_a_resumed_replay_takes_the_new_capacity_and_alpha_and_keeps_the_newest(
     assert (smaller.capacity, smaller.alpha, len(smaller), smaller.cursor) == (3, 0.5, 3, 0)
     assert list(smaller.lengths) == [4, 5, 6]  # the newest three, oldest first
     np.testing.assert_array_equal(smaller.obs[2], replay.obs[1])
-    smaller.add(*(np.zeros((T, obs_dim)), np.zeros(T), np.zeros(T, dtype=np.float32), 2))
+    smaller.add(np.zeros((T, obs_dim)), np.zeros(T), np.zeros(T, dtype=np.float32), 2)
     assert list(smaller.lengths) == [2, 5, 6]  # and the next add overwrites the oldest
     larger = SuccessReplay.from_state(state, capacity=10)
     assert (larger.capacity, len(larger), larger.cursor, larger.alpha) == (10, 4, 4, 0.0)
