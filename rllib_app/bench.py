@@ -33,8 +33,9 @@ Milestones not reached within the budget are reported as not reached (``null``).
 the JSON, each seed's logs in ``DIR/seed_S``; the other sections run once, with the
 first seed) and adds a table of each seed's times and the medians: one seed's
 time to a milestone is noisy (a baseline's first update can solve stage 0 by luck).
-``--quick`` uses tiny budgets (one env count, ~2 s per sampling row, 25 s of
-training each) and finishes in about three minutes on 2 cores; the full run takes
+``--quick`` uses tiny budgets (one env count, ~2 s per sampling row, each of the
+three loops with the first algorithm and ``ToolMachineEnvRunner`` with the others, 25 s
+of training each) and finishes in about three minutes on 2 cores; the full run takes
 at most 3 x ``--minutes-per-training`` plus 8-10 minutes (21 sampling rows of 15 s, each
 with its algorithm build and warm-up).
 """
@@ -257,7 +258,10 @@ def bench_rllib_sampling(settings: BenchSettings, logdir: pathlib.Path) -> list[
     # (native vector env, fast env runner): gymnasium's loop, the numpy vector env, ToolMachineEnvRunner on it
     loops = ((False, False), (True, False), (True, True))
     runs = [(algo, native, fast, num_envs, None) for algo in settings.algos for num_envs in settings.num_envs
-            for native, fast in loops]
+            for native, fast in loops
+            # --quick: every loop once (with the first algorithm) and every algorithm once (with
+            # ToolMachineEnvRunner, the default's loop): each row costs an algorithm build
+            if not settings.quick or algo == settings.algos[0] or fast]
     if not settings.quick:
         # the learner shares the driver's torch threads with nothing else, but the box with the
         # runner: one thread each (as Ray gives its workers) vs torch's default

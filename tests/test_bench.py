@@ -30,10 +30,10 @@ def _check_milestones(milestones):
 
 @pytest.mark.integration
 def test_bench_quick_writes_every_section(tmp_path):
-    # two seeds: the milestone sections run once per seed, the others once; 12 s per
+    # two seeds: the milestone sections run once per seed, the others once; 6 s per
     # training (the sections' wiring is what is tested, not what a training reaches)
     out = tmp_path / "bench"
-    proc = run_cli("bench", "--quick", "--minutes-per-training", "0.2", "--seeds", "3,1", "--output", str(out),
+    proc = run_cli("bench", "--quick", "--minutes-per-training", "0.1", "--seeds", "3,1", "--output", str(out),
                    timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "bench.json").read_text())
@@ -50,9 +50,11 @@ def test_bench_quick_writes_every_section(tmp_path):
     alone = [r for r in rows if r.get("runner_alone")]
     assert sorted(r["fast_env_runner"] for r in alone) == [False, True]
     rows = [r for r in rows if not r.get("runner_alone")]
-    assert {(r["algo"], r["native_vector_env"], r["fast_env_runner"]) for r in rows} == {
-        (a, native, fast) for a in ("impala", "a2c", "ppo") for native, fast in ((False, False), (True, False), (True, True))
-    }
+    # --quick: the three loops with the first algorithm, ToolMachineEnvRunner with the others
+    assert sorted((r["algo"], r["native_vector_env"], r["fast_env_runner"]) for r in rows) == sorted(
+        [("impala", False, False), ("impala", True, False), ("impala", True, True), ("a2c", True, True),
+         ("ppo", True, True)]
+    )
     for r in rows + alone:
         assert "error" not in r, r
         assert r["env_steps"] > 0 and r["seconds"] > 0 and r["steps_per_second"] > 0

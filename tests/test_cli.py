@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, train_in_process
 
 
 @pytest.mark.parametrize(
@@ -82,12 +82,10 @@ def test_placement_resources_a_local_ray_lacks_fail_at_once(tmp_path):
 
 
 @pytest.mark.integration
-def test_eval_refuses_stages_the_checkpoints_variant_does_not_have(tmp_path):
+def test_eval_refuses_stages_the_checkpoints_variant_does_not_have(local_ray, tmp_path):
     out = tmp_path / "seed-run"
-    proc = run_cli("train", "--variant", "seed", "--shaping", "0", "--max-iterations", "1", "--eval-interval", "1",
-                   "--eval-episodes", "10", "--num-envs-per-env-runner", "4", "--train-batch-size-per-learner", "64",
-                   "--hidden-size", "16", "--output", str(out), timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    train_in_process(out, variant="seed", shaping=0.0, max_iterations=1, eval_interval=1, eval_episodes=10,
+                     num_envs_per_env_runner=4, train_batch_size_per_learner=64, hidden_size=16)
     for args in (["eval", str(out), "--stages", "0,3"], ["explain", str(out), "--stage", "4"]):
         bad = run_cli(*args, timeout=120)
         assert bad.returncode == 2 and "trained on the seed variant, which has stages [0, 1, 2] only" in bad.stderr

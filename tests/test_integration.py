@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import ROOT, SMALL, run_cli
+from conftest import ROOT, SMALL, run_cli, train_in_process
 from envs import NUM_STAGES
 
 pytestmark = pytest.mark.integration
@@ -61,16 +61,13 @@ def test_train_then_eval_and_explain_from_the_command_line(tmp_path):
     assert len(lines) == 5 and all(len(line.split()[0:4]) == 4 for line in lines[2:])
 
 
-def test_a_module_trained_on_expressions_runs_on_every_stage_and_operator_count(tmp_path):
+def test_a_module_trained_on_expressions_runs_on_every_stage_and_operator_count(local_ray, tmp_path):
     """Two iterations of A2C through the expression stages with the GRU reader and
     attention; then greedy episodes of every stage 0-9 and of 1-6 operators."""
     out = tmp_path / "run"
-    proc = run_cli(
-        "train", "--algo", "a2c", "--stage-path", "0,1,2,5,6,7", "--context-encoder", "gru", "--context-attention",
-        "--max-iterations", "2", "--eval-interval", "2", "--eval-episodes", "20", "--num-envs-per-env-runner", "8",
-        "--train-batch-size-per-learner", "128", "--hidden-size", "32", "--output", str(out),
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    train_in_process(out, algo="a2c", stage_path="0,1,2,5,6,7", context_encoder="gru", context_attention=True,
+                     max_iterations=2, eval_interval=2, eval_episodes=20, num_envs_per_env_runner=8,
+                     train_batch_size_per_learner=128, hidden_size=32)
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["accuracy"]) == {"0", "1", "2", "2m", "5", "6", "7"}
     proc = run_cli("eval", str(out), "--stages", ",".join(map(str, range(NUM_STAGES))), "--max-operators", "6",

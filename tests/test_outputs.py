@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, train_in_process
 from envs import ANS, MEMORY_STAGES, NUM_STAGES, ToolMachineEnv
 from envs.analysis import memory_required_contexts
 from envs.machine import ACTION_NAMES, MachineState, apply_tool, stage_target
@@ -223,14 +223,10 @@ def test_explain_refuses_files_that_are_not_episodes(synthetic_run, tmp_path):
 
 # -- a real tiny training run ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
+def trained_run(local_ray, tmp_path_factory):
     out = tmp_path_factory.mktemp("outputs") / "run"
-    proc = run_cli(
-        "train", "--max-iterations", "2", "--eval-interval", "2", "--eval-episodes", "20",
-        "--num-envs-per-env-runner", "4", "--train-batch-size-per-learner", "128", "--hidden-size", "32",
-        "--output", str(out),
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    train_in_process(out, max_iterations=2, eval_interval=2, eval_episodes=20, num_envs_per_env_runner=4,
+                     train_batch_size_per_learner=128, hidden_size=32)
     return out
 
 
