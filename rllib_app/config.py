@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, get_type_hints
 
 from envs import VARIANTS
-from rllib_app.schedules import DRILL_PATH, SCHEDULES, SPEC_PATH, TUTORIAL_STAGES, CurriculumSettings
+from rllib_app.schedules import (
+    DRILL_PATH,
+    PROMOTE_ON,
+    SCHEDULES,
+    SPEC_PATH,
+    TUTORIAL_STAGES,
+    CurriculumSettings,
+)
 
 #: ``models.gru_actor_critic.CONTEXT_ENCODERS`` (not imported: it would load torch for every CLI command).
 CONTEXT_ENCODERS = ("concat", "gru")
@@ -158,7 +165,17 @@ class TrainConfig:
         "a-b*c (3) and a*b-c*d (4) before stage 2; 5-9 are the expression stages (1-2, 3, 4, 5, 6 operators), "
         "e.g. 0,1,2,5,6,7 trains up to 4 operators",
     )
-    promotion_accuracy: float = flag(0.95, "threshold schedule: sampled accuracy that promotes the stage", minimum=0, maximum=1, strict_min=True)
+    promotion_accuracy: float = flag(
+        0.95, "threshold schedule: accuracy that promotes the stage (sampled or greedy: --promote-on)",
+        minimum=0, maximum=1, strict_min=True,
+    )
+    promote_on: str = flag(
+        "sampled",
+        "threshold schedule: what promotes the stage: its sampled accuracy over --accuracy-window episodes, or "
+        "its greedy accuracy on fresh uniform episodes at an evaluation (every --eval-interval iterations; "
+        "not biased by --pattern-focus or --hard-fraction)",
+        choices=PROMOTE_ON,
+    )
     accuracy_window: int = flag(500, "threshold schedule: episodes the sampled accuracy is measured over", minimum=1)
     replay_probability: float = flag(0.2, "probability of sampling an earlier stage once promoted", minimum=0, maximum=0.99)
     fixed_stages: str = flag(",".join(map(str, TUTORIAL_STAGES)), "fixed schedule: stage of each iteration block")
@@ -272,6 +289,8 @@ class TrainConfig:
                     f"--{name.replace('_', '-')} {value!r} must name a custom resource (letters, digits, _), "
                     "e.g. rollout_node or learner_node; not CPU, GPU or memory"
                 )
+        if self.promote_on == "greedy" and self.schedule != "threshold":
+            raise UsageError(f"--promote-on greedy promotes on the threshold schedule; --schedule is {self.schedule!r}")
         if self.context_attention and self.context_encoder != "gru":
             raise UsageError("--context-attention attends over the context GRU's outputs; add --context-encoder gru")
         if self.attention_projections and not self.context_attention:
@@ -321,6 +340,7 @@ class TrainConfig:
             schedule=self.schedule,
             path=self.stage_path_list(),
             promotion_accuracy=self.promotion_accuracy,
+            promote_on=self.promote_on,
             window=self.accuracy_window,
             replay_probability=self.replay_probability,
             fixed_stages=self.fixed_stage_list(),

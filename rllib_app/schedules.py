@@ -16,6 +16,9 @@ from envs import NUM_STAGES, SPEC_STAGES
 from envs.machine import EXPRESSION_OPERATORS, NUM_PATTERNS, PATTERN_OFFSET
 
 SCHEDULES = ("threshold", "fixed", "progress")
+#: What promotes a stage on the threshold schedule: its sampled accuracy on the env
+#: runners, or its greedy accuracy at the training loop's evaluations.
+PROMOTE_ON = ("sampled", "greedy")
 #: The threshold schedule's default path, and the one with the memory drills
 #: (``a-b*c``, ``a*b-c*d``) before stage 2.
 SPEC_PATH = SPEC_STAGES
@@ -32,6 +35,10 @@ class CurriculumSettings:
     #: threshold schedule: promote when the current stage's sampled accuracy over
     #: the last ``window`` episodes reaches this.
     promotion_accuracy: float = 0.95
+    #: threshold schedule: "sampled" promotes on the sampled accuracy over ``window``
+    #: episodes; "greedy" on the greedy accuracy of fresh, uniformly drawn episodes
+    #: (``observe_greedy``), which --pattern-focus and --hard-fraction do not bias.
+    promote_on: str = "sampled"
     window: int = 500
     #: probability that an episode is drawn from an earlier stage (no forgetting).
     replay_probability: float = 0.2
@@ -209,10 +216,28 @@ class Curriculum:
         position = path.index(self.stage)
         if position == len(path) - 1:
             return self.stage
+        if cfg.promote_on == "greedy":
+            return self.stage  # observe_greedy promotes
         accuracy, episodes = self.windowed_accuracy(self.stage)
         if accuracy is not None and episodes >= cfg.window and accuracy >= cfg.promotion_accuracy:
             return path[position + 1]
         return self.stage
+
+    def observe_greedy(self, accuracy: dict[str, float]) -> bool:
+        """Record an evaluation's greedy ``{row: accuracy}`` (rows as ``toolagent eval``'s:
+        the stage number, plus ``2m``); with ``promote_on="greedy"`` the threshold schedule
+        promotes when the current stage's row reaches ``promotion_accuracy``. Returns True
+        when the stage weights changed."""
+        cfg = self.settings
+        if cfg.schedule != "threshold" or cfg.promote_on != "greedy":
+            return False
+        position = cfg.path.index(self.stage)
+        value = accuracy.get(str(self.stage))
+        if position == len(cfg.path) - 1 or value is None or value < cfg.promotion_accuracy:
+            return False
+        self.stage = cfg.path[position + 1]
+        self.promotions.append((self.iteration, self.stage))
+        return True
 
     def get_state(self) -> dict[str, Any]:
         return {

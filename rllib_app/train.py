@@ -194,7 +194,8 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
         init_ray(cfg)
     output.mkdir(parents=True, exist_ok=True)
     algo = build_config(cfg).build_algo()
-    curriculum = find_curriculum_callback(algo).curriculum
+    curriculum_callback = find_curriculum_callback(algo)
+    curriculum = curriculum_callback.curriculum
     eval_module = module_spec(cfg).build()
     eval_module.eval()
     where = placement(algo)
@@ -263,6 +264,10 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
                     target_reached = all(v["accuracy"] >= cfg.target_accuracy for v in accuracy.values())
                     greedy = {k: v["accuracy"] for k, v in accuracy.items()}
                     display.event(f"eval @ iter {iteration}: greedy accuracy {_format_accuracy(greedy)}")
+                    if curriculum.observe_greedy(greedy):  # --promote-on greedy
+                        curriculum_callback.push(algo)
+                        shown_promotions = len(curriculum.promotions)
+                        display.event(f"stage {curriculum.stage} from iteration {iteration} ({env_steps:,} env steps)")
                 new_checkpoint = None
                 if evaluate or stopping:
                     checkpoint = new_checkpoint = save_checkpoint(

@@ -33,6 +33,27 @@ def test_threshold_follows_the_stage_path_through_the_drills():
     assert not cur.update({2: (10, 10)})
 
 
+def test_greedy_promotion_waits_for_the_evaluation_of_the_current_stage():
+    cur = Curriculum(CurriculumSettings(path=(0, 5, 2), promote_on="greedy", promotion_accuracy=0.9, window=10))
+    assert not cur.update({0: (100, 100)})  # sampled accuracy alone does not promote
+    assert cur.stage == 0
+    assert not cur.observe_greedy({"0": 0.85, "5": 1.0})  # another stage's row does not count
+    assert cur.observe_greedy({"0": 0.9})
+    assert cur.stage == 5 and cur.promotions == [(1, 5)]
+    assert cur.stage_weights()[:1] == pytest.approx([0.2]) and cur.stage_weights()[5] == pytest.approx(0.8)
+    cur.update({5: (10, 1)})
+    assert cur.observe_greedy({"0": 1.0, "5": 0.95, "2": 0.0, "2m": 0.0})
+    assert cur.stage == 2 and cur.promotions == [(1, 5), (2, 2)]
+    assert not cur.observe_greedy({"2": 1.0, "2m": 1.0})  # the last stage stays
+
+
+def test_greedy_accuracy_does_not_promote_on_the_sampled_setting():
+    cur = Curriculum(CurriculumSettings(window=10))
+    assert not cur.observe_greedy({"0": 1.0})
+    assert cur.stage == 0
+    assert cur.update({0: (10, 10)}) and cur.stage == 1
+
+
 def test_window_uses_the_most_recent_episodes():
     cur = Curriculum(CurriculumSettings(window=50))
     cur.update({0: (100, 0)})

@@ -82,6 +82,30 @@ def test_a_module_trained_on_expressions_runs_on_every_stage_and_operator_count(
     assert proc.returncode == 2 and "'7' is not an operator count; allowed: 1..6" in proc.stderr
 
 
+def test_greedy_promotion_moves_the_stage_at_an_evaluation(local_ray, tmp_path):
+    """--promote-on greedy: the stage changes only on evaluation iterations, when the
+    evaluated greedy accuracy of the current stage reaches the threshold, and the env
+    runners draw the new stage from the next iteration on."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "run"
+    summary = train_in_process(out, algo="a2c", promote_on="greedy", promotion_accuracy=0.5, eval_interval=3,
+                               max_iterations=9, eval_episodes=200, seed=0)
+    rows = pq.read_table(out / "metrics.parquet").to_pylist()
+    promotions = summary["promotions"]
+    assert promotions, [(r["iteration"], r["greedy_accuracy_0"]) for r in rows]
+    first = promotions[0]["iteration"]
+    assert all(p["iteration"] % 3 == 0 for p in promotions) and promotions[0]["stage"] == 1
+    at = {r["iteration"]: r for r in rows}
+    assert at[first]["greedy_accuracy_0"] >= 0.5
+    assert all(r["greedy_accuracy_0"] is None or r["greedy_accuracy_0"] < 0.5 for r in rows if r["iteration"] < first)
+    assert {r["stage"] for r in rows if r["iteration"] <= first} == {0}
+    # the row after the promotion sampled stage 1 (80%) beside stage 0 (20% replay)
+    after = at[first + 1]
+    assert after["stage"] == 1 and after["stage_weights"][:2] == pytest.approx([0.2, 0.8])
+    assert after["sampled_accuracy_1"] is not None and at[first]["sampled_accuracy_1"] is None
+
+
 def _build(cfg):
     from rllib_app.algorithms import build_config
 
