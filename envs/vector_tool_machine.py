@@ -218,6 +218,8 @@ class ToolMachineVectorEnv(VectorEnv):
         self.shaping_gamma = proto.shaping_gamma
         self.step_limit_terminates = proto.step_limit_terminates
         self._exact = self.variant == "exact"
+        if self.shaping:
+            _path_tables()  # built once per process (~0.2 s): here, with the env, not at its first reset
 
         self.single_observation_space = proto.observation_space
         self.single_action_space = proto.action_space

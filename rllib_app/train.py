@@ -172,7 +172,7 @@ def iteration_metrics(cfg: TrainConfig, result: dict, env_steps: int, seconds: f
     return {
         "iteration": int(result.get("training_iteration", 0)),
         "env_steps": env_steps,
-        "wall_seconds": round(seconds, 1),
+        "wall_seconds": round(seconds, 3),
         "stage": cur.get("stage"),
         **{f"sampled_accuracy_{s}": v for s, v in sampled.items()},
         "score": float(sum(v or 0.0 for v in sampled.values())),
@@ -289,7 +289,7 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
                     iteration=iteration, wall_seconds=now - start, env_steps=env_steps, steps_per_second=rate,
                     curriculum=cur, learner=result.get("learners", {}).get(MODULE_ID, {}),
                     greedy=greedy,
-                ))
+                ), write=new_checkpoint is not None)  # the file keeps pace with the checkpoints
                 if on_iteration is not None:
                     on_iteration(metrics, new_checkpoint)
                 if target_reached or out_of_time or out_of_iters or stopping:

@@ -1,4 +1,4 @@
-"""metrics.parquet: one row per iteration, rewritten whole, continued on resume."""
+"""metrics.parquet: one row per iteration, rewritten whole at each write, continued on resume."""
 
 import pyarrow.parquet as pq
 
@@ -36,3 +36,14 @@ def test_a_resumed_run_keeps_the_rows_up_to_its_checkpoint(tmp_path):
     resumed.append(_row(4))
     resumed.close()
     assert [r["iteration"] for r in pq.read_table(tmp_path / "metrics.parquet").to_pylist()] == [1, 2, 3, 4]
+
+
+def test_rows_kept_for_the_next_write_reach_the_file_by_close(tmp_path):
+    history = MetricsHistory(tmp_path)
+    history.append(_row(1), write=False)
+    assert not (tmp_path / "metrics.parquet").exists()
+    history.append(_row(2))  # a checkpoint's iteration writes what is kept too
+    assert [r["iteration"] for r in pq.read_table(tmp_path / "metrics.parquet").to_pylist()] == [1, 2]
+    history.append(_row(3), write=False)
+    history.close()
+    assert [r["iteration"] for r in pq.read_table(tmp_path / "metrics.parquet").to_pylist()] == [1, 2, 3]
