@@ -9,8 +9,10 @@ module knows RLModule but not the env):
   ``b*c+a``; one weight per position, so it cannot read past the longest context
   it trained on). ``"gru"``: a GRU over the tokens up to the first padding token,
   its last output (the same weights at every position: a reader for expressions of
-  any length);
-* with ``context_attention`` (``"gru"`` only), every step also reads an attention
+  any length). ``"bigru"``: the same read in both directions (half the width each),
+  so each token's output also knows what follows it (is the term after this digit a
+  product? that decides when to ``STO``); its summary is both directions' final states;
+* with ``context_attention`` (``"gru"``/``"bigru"``), every step also reads an attention
   over the context GRU's per-token outputs, queried by the previous hidden state:
   the agent can point at the token it is working on instead of remembering them all.
   With ``attention_projections`` the scores compare learned maps of the two
@@ -57,7 +59,7 @@ from torch import nn
 
 MASKED_LOGIT = -1e9
 #: How the context tokens are read (``context_encoder`` in ``model_config``).
-CONTEXT_ENCODERS = ("concat", "gru")
+CONTEXT_ENCODERS = ("concat", "gru", "bigru")
 
 #: model_config keys the module needs; the app fills them from the env's layout.
 REQUIRED_KEYS = (
@@ -90,7 +92,7 @@ POLICY_LAYERS = (
 class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, InferenceOnlyAPI):
     """Stage-aware GRU actor-critic. ``model_config``: the layout keys in
     ``REQUIRED_KEYS`` plus ``hidden_size`` (128), ``embed_dim`` (32),
-    ``context_every_step`` (False), ``context_encoder`` ("concat" | "gru"),
+    ``context_every_step`` (False), ``context_encoder`` ("concat" | "gru" | "bigru"),
     ``context_attention`` (False), ``context_read_len`` (concat: the context positions
     it reads, default all), ``pad_token`` (default ``context_vocab - 1``),
     ``stage_embedding_rows`` (the stage embedding row of each stage; default one per
@@ -111,8 +113,8 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Infe
         if self._encoder_kind not in CONTEXT_ENCODERS:
             raise ValueError(f"context_encoder must be one of {list(CONTEXT_ENCODERS)}, got {self._encoder_kind!r}")
         self._attention = bool(cfg.get("context_attention", False))
-        if self._attention and self._encoder_kind != "gru":
-            raise ValueError("context_attention needs context_encoder='gru' (it attends over the GRU's outputs)")
+        if self._attention and self._encoder_kind == "concat":
+            raise ValueError("context_attention needs context_encoder 'gru' or 'bigru' (it attends over the GRU's outputs)")
         self._pad_token = int(cfg.get("pad_token", self._layout["context_vocab"] - 1))
         n_ctx = self._layout["context_len"]
         n_act = self._layout["num_actions"]
@@ -139,8 +141,13 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Infe
             self.stage_embedding.weight[:own_rows].normal_()
         if self._encoder_kind == "concat":
             self.context_encoder = nn.Sequential(nn.Linear((self._read_len + 1) * embed, hidden), nn.Tanh())
-        else:
+        elif self._encoder_kind == "gru":
             self.context_reader = nn.GRU(embed, hidden, batch_first=True)
+            self.context_encoder = nn.Sequential(nn.Linear(hidden + embed, hidden), nn.Tanh())
+        else:
+            if hidden % 2:
+                raise ValueError(f"context_encoder 'bigru' splits hidden_size in two directions; {hidden} is odd")
+            self.context_reader = nn.GRU(embed, hidden // 2, batch_first=True, bidirectional=True)
             self.context_encoder = nn.Sequential(nn.Linear(hidden + embed, hidden), nn.Tanh())
         self.initial_state = nn.Linear(hidden, hidden)
         # +1: the start token is an input but never an output.
@@ -216,6 +223,21 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Infe
     def _logits(self, features: torch.Tensor, mask: torch.Tensor, real=None, net=None) -> torch.Tensor:
         return _at(real, (net or self).policy_head, features).masked_fill(mask == 0, MASKED_LOGIT)
 
+    def _read_context(self, net, distinct: torch.Tensor, length: torch.Tensor):
+        """Per-token reads ``[U, C, H]`` (zeros past each context's ``length``) and each
+        context's summary ``[U, H]`` for the distinct contexts ``[U, C]``."""
+        embedded = net.context_embedding(distinct)
+        if self._encoder_kind == "gru":
+            # causal: the outputs before the padding do not depend on it
+            read, _ = net.context_reader(embedded)
+            return read, read[torch.arange(len(distinct)), length - 1]
+        # The backward direction must start at each context's last real token, not at the
+        # padding (its count would be part of the read): packed sequences.
+        packed = nn.utils.rnn.pack_padded_sequence(embedded, length.cpu(), batch_first=True, enforce_sorted=False)
+        out, final = net.context_reader(packed)
+        read, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=distinct.shape[1])
+        return read, torch.cat([final[0], final[1]], dim=-1)
+
     def _unroll(self, batch: dict[str, Any], net=None):
         """Run the GRU over ``[B, T]`` steps; returns features ``[B, T, H]``,
         the final state and the action mask ``[B, T, A]``. ``net``: the layers to
@@ -248,10 +270,10 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Infe
             C = context.shape[-1]
             read_at = steps if self._attention else encode
             distinct, which = torch.unique(context[read_at], dim=0, return_inverse=True)
-            read, _ = net.context_reader(net.context_embedding(distinct))  # [U, C, H]
             length = (distinct != self._pad_token).sum(-1).clamp(min=1)  # [U]
+            read, summary = self._read_context(net, distinct, length)  # [U, C, H], [U, H]
             encoded_which = which[encode[read_at]] if self._attention else which
-            last = read[torch.arange(len(distinct)), length - 1][encoded_which]
+            last = summary[encoded_which]
             tokens = torch.cat([last, net.stage_embedding(self._stage_rows[stage])], dim=-1)
             real_tokens = torch.arange(C) < length[:, None]  # [U, C]
             which = _unpick(read_at, which, B, T)  # [B, T]: other steps read context 0 (never used)

@@ -31,7 +31,7 @@ from rllib_app.schedules import (
 )
 
 #: ``models.gru_actor_critic.CONTEXT_ENCODERS`` (not imported: it would load torch for every CLI command).
-CONTEXT_ENCODERS = ("concat", "gru")
+CONTEXT_ENCODERS = ("concat", "gru", "bigru")
 
 ALGOS = ("impala", "a2c", "ppo", "appo")
 _DRILL_EXAMPLE = ",".join(map(str, DRILL_PATH))
@@ -217,10 +217,11 @@ class TrainConfig:
     )
     context_encoder: str = flag(
         "concat", "how the module reads the context tokens: 'concat' (embeddings side by side, one weight per "
-        "position) or 'gru' (a GRU over the tokens: reads expressions of any length)", choices=CONTEXT_ENCODERS,
+        "position), 'gru' (a GRU over the tokens: reads expressions of any length) or 'bigru' (the same in both "
+        "directions: each token's read also knows what follows it)", choices=CONTEXT_ENCODERS,
     )
     context_attention: bool = flag(
-        False, "with --context-encoder gru: each step also attends over the context GRU's per-token outputs"
+        False, "with --context-encoder gru or bigru: each step also attends over the context GRU's per-token outputs"
     )
     attention_projections: bool = flag(
         False, "with --context-attention: score the attention through learned query and key maps of the GRU "
@@ -291,8 +292,8 @@ class TrainConfig:
                 )
         if self.promote_on == "greedy" and self.schedule != "threshold":
             raise UsageError(f"--promote-on greedy promotes on the threshold schedule; --schedule is {self.schedule!r}")
-        if self.context_attention and self.context_encoder != "gru":
-            raise UsageError("--context-attention attends over the context GRU's outputs; add --context-encoder gru")
+        if self.context_attention and self.context_encoder == "concat":
+            raise UsageError("--context-attention attends over the context GRU's outputs; add --context-encoder gru (or bigru)")
         if self.attention_projections and not self.context_attention:
             raise UsageError("--attention-projections are the maps of --context-attention's scores; add --context-attention")
         if self.variant == "seed":

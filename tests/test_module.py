@@ -71,10 +71,13 @@ def test_each_row_of_a_batch_sees_its_own_context(context_every_step):
 
 
 PROJECTED = {"context_encoder": "gru", "context_attention": True, "attention_projections": True}
-ENCODERS = [{}, {"context_encoder": "gru"}, {"context_encoder": "gru", "context_attention": True}, PROJECTED]
+BIDIRECTIONAL = {"context_encoder": "bigru", "context_attention": True}
+ENCODERS = [{}, {"context_encoder": "gru"}, {"context_encoder": "gru", "context_attention": True}, PROJECTED,
+            {"context_encoder": "bigru"}, BIDIRECTIONAL]
+READER_IDS = ["gru", "gru+attention", "gru+projected attention", "bigru", "bigru+attention"]
 
 
-@pytest.mark.parametrize("encoder", ENCODERS, ids=["concat", "gru", "gru+attention", "gru+projected attention"])
+@pytest.mark.parametrize("encoder", ENCODERS, ids=["concat", *READER_IDS])
 def test_context_order_matters(encoder):
     module = make_module(**encoder)
     a = torch.as_tensor(episode_observations(0, (2, 3, 4), [ANS]))[None]
@@ -89,7 +92,7 @@ def test_context_order_matters(encoder):
     assert not torch.allclose(out[0][Columns.ACTION_DIST_INPUTS], out[1][Columns.ACTION_DIST_INPUTS])
 
 
-@pytest.mark.parametrize("encoder", ENCODERS[1:], ids=["gru", "gru+attention", "gru+projected attention"])
+@pytest.mark.parametrize("encoder", ENCODERS[1:], ids=READER_IDS)
 def test_the_gru_reader_reads_up_to_the_padding_and_serves_every_length(encoder):
     """Its output does not depend on how many padding tokens follow, and one module
     takes expressions of 1 to 6 operators in one batch, every row as if alone."""
@@ -149,8 +152,24 @@ def test_a_shared_stage_row_does_not_change_the_other_initial_weights():
             torch.testing.assert_close(weight, before.state_dict()[name], rtol=0, atol=0)
 
 
+def test_the_bidirectional_reader_sees_what_follows_a_token():
+    """bigru: the read at a token depends on the tokens after it (the forward GRU's does not)."""
+    for kind, changes in (("gru", False), ("bigru", True)):
+        module = make_module(context_encoder=kind, context_attention=True)
+        reads = []
+        for ops in ((ADD, MUL), (ADD, ADD)):  # 2 + 3 * 4 against 2 + 3 + 4: the same up to token 3
+            obs = torch.as_tensor(episode_observations(5, (2, 3, 4), [ANS], operators=ops))[None]
+            context = obs[0, :, : observation_layout()["context_len"]][:1]
+            length = (context != PAD_TOKEN).sum(-1)
+            read, _ = module._read_context(module, context, length)
+            reads.append(read[0, :3])
+        assert torch.allclose(reads[0], reads[1]) != changes, kind
+    with pytest.raises(ValueError, match="splits hidden_size in two directions; 31 is odd"):
+        make_module(context_encoder="bigru", hidden_size=31)
+
+
 def test_attention_needs_the_gru_reader():
-    with pytest.raises(ValueError, match="context_attention needs context_encoder='gru'"):
+    with pytest.raises(ValueError, match="context_attention needs context_encoder 'gru' or 'bigru'"):
         make_module(context_attention=True)
     with pytest.raises(ValueError, match="context_encoder must be one of"):
         make_module(context_encoder="mean")
@@ -172,7 +191,7 @@ def test_attention_projections_leave_every_other_layer_as_it_was_drawn():
 
 
 @pytest.mark.parametrize("extra", [{}, {"context_every_step": True},
-                                   {"context_encoder": "gru", "context_attention": True}, PROJECTED])
+                                   {"context_encoder": "gru", "context_attention": True}, PROJECTED, BIDIRECTIONAL])
 def test_sequence_lengths_step_only_the_real_steps_and_change_nothing_there(extra):
     """With ``seq_lens`` (what RLlib's learner batches carry) the GRU steps only the rows
     still running: outputs and gradients at real steps equal those of the full unroll."""
@@ -221,7 +240,7 @@ def test_start_token_resets_the_state_and_padding_does_not():
 
 
 @pytest.mark.parametrize("extra", [{}, {"context_encoder": "gru", "context_attention": True},
-                                   {"context_every_step": True}, PROJECTED])
+                                   {"context_every_step": True}, PROJECTED, BIDIRECTIONAL])
 def test_an_episode_starting_inside_a_row_starts_from_its_own_context(extra):
     """A row may hold an episode's end and the next one's start (a start token after the
     first step): each part's outputs are those of the episode on its own."""
