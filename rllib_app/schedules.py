@@ -119,9 +119,12 @@ class Curriculum:
                 self._add_progress_point(s, n, c)
         new_stage = self._next_stage()
         if new_stage != self.stage:
-            self.stage = new_stage
-            self.promotions.append((self.iteration, new_stage))
+            self._enter(new_stage)
         return self.stage_weights() != before
+
+    def _enter(self, stage: int) -> None:
+        self.stage = stage
+        self.promotions.append((self.iteration, stage))
 
     # -- pattern focus ---------------------------------------------------------------------
     def update_patterns(self, counts: dict[int, tuple[int, int]]) -> None:
@@ -235,8 +238,7 @@ class Curriculum:
         value = accuracy.get(str(self.stage))
         if position == len(cfg.path) - 1 or value is None or value < cfg.promotion_accuracy:
             return False
-        self.stage = cfg.path[position + 1]
-        self.promotions.append((self.iteration, self.stage))
+        self._enter(cfg.path[position + 1])
         return True
 
     def get_state(self) -> dict[str, Any]:
