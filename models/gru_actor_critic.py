@@ -141,13 +141,11 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Infe
             self.stage_embedding.weight[:own_rows].normal_()
         if self._encoder_kind == "concat":
             self.context_encoder = nn.Sequential(nn.Linear((self._read_len + 1) * embed, hidden), nn.Tanh())
-        elif self._encoder_kind == "gru":
-            self.context_reader = nn.GRU(embed, hidden, batch_first=True)
-            self.context_encoder = nn.Sequential(nn.Linear(hidden + embed, hidden), nn.Tanh())
         else:
-            if hidden % 2:
+            both = self._encoder_kind == "bigru"
+            if both and hidden % 2:
                 raise ValueError(f"context_encoder 'bigru' splits hidden_size in two directions; {hidden} is odd")
-            self.context_reader = nn.GRU(embed, hidden // 2, batch_first=True, bidirectional=True)
+            self.context_reader = nn.GRU(embed, hidden // 2 if both else hidden, batch_first=True, bidirectional=both)
             self.context_encoder = nn.Sequential(nn.Linear(hidden + embed, hidden), nn.Tanh())
         self.initial_state = nn.Linear(hidden, hidden)
         # +1: the start token is an input but never an output.

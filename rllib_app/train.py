@@ -245,9 +245,6 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
                     f"{rate:,.0f} steps/s | {now - start:6.1f} s | {left:.1f} min left"
                     + ("" if replay is None else f" | SIL replay {int(replay):,}")
                 )
-                if len(curriculum.promotions) > shown_promotions and cfg.schedule != "progress":
-                    display.event(f"stage {curriculum.stage} from iteration {iteration} ({env_steps:,} env steps)")
-                shown_promotions = len(curriculum.promotions)
                 metrics = iteration_metrics(cfg, result, env_steps, now - start)
                 out_of_time = (now - start) / 60 >= cfg.max_minutes
                 out_of_iters = cfg.max_iterations and iteration >= cfg.max_iterations
@@ -266,8 +263,10 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
                     display.event(f"eval @ iter {iteration}: greedy accuracy {_format_accuracy(greedy)}")
                     if curriculum.observe_greedy(greedy):  # --promote-on greedy
                         curriculum_callback.push(algo)
-                        shown_promotions = len(curriculum.promotions)
-                        display.event(f"stage {curriculum.stage} from iteration {iteration} ({env_steps:,} env steps)")
+                # a promotion on the sampled accuracy (in algo.train()) or on this evaluation's
+                if len(curriculum.promotions) > shown_promotions and cfg.schedule != "progress":
+                    display.event(f"stage {curriculum.stage} from iteration {iteration} ({env_steps:,} env steps)")
+                shown_promotions = len(curriculum.promotions)
                 new_checkpoint = None
                 if evaluate or stopping:
                     checkpoint = new_checkpoint = save_checkpoint(
