@@ -111,6 +111,7 @@ class Args:
     eval_every_steps: int = 20_480
     eval_episodes: int = 1000
     max_seconds: float = 900.0
+    """budget of training seconds: wall time less the evaluations (as milestone times are)"""
     max_env_steps: int = 0
     """0: no env-step budget"""
     torch_threads: int = 1
@@ -458,7 +459,7 @@ def _train(args: Args, on_eval) -> dict[str, Any]:
         # -- evaluate, milestones, budget ---------------------------------------------------
         steps = sampler.env_steps
         out_of_steps = bool(args.max_env_steps) and steps >= args.max_env_steps
-        out_of_time = time.perf_counter() - start >= args.max_seconds
+        out_of_time = time.perf_counter() - start - eval_seconds >= args.max_seconds
         if steps >= next_eval or out_of_steps or out_of_time:
             next_eval = steps + args.eval_every_steps
             t0 = time.perf_counter()

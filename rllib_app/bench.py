@@ -22,11 +22,11 @@ One run measures, side by side (``DIR/bench.json``, and a table on stdout):
    milestones read from its ``on_iteration`` hook, i.e. at its evaluations). A2C
    evaluates after every update (1,024 env steps: one training step per iteration,
    ``--min-iteration-seconds 0 --eval-interval 1``), as the baseline does (2,048),
-   IMPALA every iteration (>= 1 s, 2-4k env steps). Milestone times exclude
-   evaluations and checkpoints. The table's last column compares the best of them
+   IMPALA every iteration (>= 1 s, 2-4k env steps). Milestone times and the budget
+   (``--minutes-per-training``) exclude evaluations and checkpoints. The table's last column compares the best of them
    (most milestones, the last one soonest) with the baseline.
 5. ``baseline``: the same for the hand-written batched A2C (``rllib_app.baseline``),
-   with the same time budget, plus its sampling rate alone.
+   with the same budget of training seconds, plus its sampling rate alone.
 
 Milestones not reached within the budget are reported as not reached (``null``).
 ``--seeds 0,1,2`` runs the baseline and the trainings once per seed (``seed_runs`` in
@@ -35,9 +35,10 @@ first seed) and adds a table of each seed's times and the medians: one seed's
 time to a milestone is noisy (a baseline's first update can solve stage 0 by luck).
 ``--quick`` uses tiny budgets (one env count, ~2 s per sampling row, each of the
 three loops with the first algorithm and ``ToolMachineEnvRunner`` with the others, 25 s
-of training each) and finishes in about three minutes on 2 cores; the full run takes
-at most 3 x ``--minutes-per-training`` plus 8-10 minutes (21 sampling rows of 15 s, each
-with its algorithm build and warm-up).
+of training each) and finishes in about four minutes on 2 cores; the full run takes
+about 5 x ``--minutes-per-training`` (A2C's evaluation after every update costs about
+twice its training time; IMPALA's much less) plus 8-10 minutes (21 sampling rows of 15 s,
+each with its algorithm build and warm-up).
 """
 
 from __future__ import annotations
@@ -361,15 +362,24 @@ def bench_rllib_training(settings: BenchSettings, output: pathlib.Path) -> list[
     return rows
 
 
+#: A training's wall-clock cap, in training budgets (evaluations and checkpoints are not
+#: in the budget: see bench_rllib_training_row).
+WALL_CAP_FACTOR = 5
+
+
 def bench_rllib_training_row(algo: str, settings: BenchSettings, output: pathlib.Path) -> dict[str, Any]:
     from rllib_app.train import train
 
-    cfg = TrainConfig(algo=algo, max_minutes=settings.minutes_per_training, seed=settings.seed,
+    budget = settings.minutes_per_training * 60
+    # the budget is training seconds, as the baseline's (evaluating after every update costs
+    # A2C about twice its training time); the wall-clock cap only guards against a hang
+    cfg = TrainConfig(algo=algo, max_minutes=settings.minutes_per_training * WALL_CAP_FACTOR, seed=settings.seed,
                       output=str(output), **_evaluation_flags(algo)).validate()
     points: list[dict[str, Any]] = []
     evaluated = [0.0]  # eval_seconds as of the previous iteration
+    trained = [0.0]  # training seconds as of the last iteration
 
-    def on_iteration(metrics: dict[str, Any], checkpoint) -> None:
+    def on_iteration(metrics: dict[str, Any], checkpoint) -> bool:
         # train() evaluates (and checkpoints) every eval_interval iterations; in between, its
         # metrics repeat the last evaluation's accuracy
         accuracy = {row: metrics[f"accuracy_{row}"] for row in ("0", "1", "2", "2m") if f"accuracy_{row}" in metrics}
@@ -377,6 +387,8 @@ def bench_rllib_training_row(algo: str, settings: BenchSettings, output: pathlib
         evaluated[0] = metrics["eval_seconds"]
         if accuracy and checkpoint is not None:
             points.append({**point, "accuracy": accuracy})
+        trained[0] = point["wall_seconds"] - point["eval_seconds"]
+        return trained[0] >= budget
 
     with _quiet(output / "train.log"):
         summary = train(cfg, on_iteration=on_iteration)
@@ -386,7 +398,8 @@ def bench_rllib_training_row(algo: str, settings: BenchSettings, output: pathlib
             f"--{k.replace('_', '-')} {v:g}" for k, v in _evaluation_flags(algo).items()),
         "num_env_runners": cfg.num_env_runners,
         "num_envs_per_env_runner": cfg.num_envs_per_env_runner, "fast_env_runner": cfg.fast_env_runner,
-        "native_vector_env": cfg.native_vector_env, "budget_minutes": cfg.max_minutes,
+        "native_vector_env": cfg.native_vector_env, "budget_minutes": settings.minutes_per_training,
+        "stopped_by": "budget" if trained[0] >= budget else "target" if summary["target_reached"] else "wall cap",
         "milestones": _milestones(points, cfg.target_accuracy),
         "target_reached": summary["target_reached"], "accuracy": summary["accuracy"],
         "env_steps": summary["env_steps"], "wall_seconds": seconds, "eval_seconds": summary["eval_seconds"],
@@ -686,7 +699,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", metavar="DIR", default="runs/bench",
                         help="directory for bench.json and the runs' logs (default: runs/bench)")
     parser.add_argument("--minutes-per-training", type=float, default=None,
-                        help="wall-clock budget of each training: the baseline, IMPALA, A2C (default: 15; --quick: 25 s)")
+                        help="budget of each training (the baseline, IMPALA, A2C) in training minutes: wall time less "
+                             "evaluations and checkpoints (default: 15; --quick: 25 s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the trainings (default: 0)")
     parser.add_argument("--seeds", default=None, metavar="A,B",
                         help="train the baseline and the RLlib algorithms once per seed (the other sections run "

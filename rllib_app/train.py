@@ -185,7 +185,8 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
     ``resume_from``: a checkpoint to continue (weights, optimiser, curriculum, iteration
     and env-step counts, elapsed time). ``on_iteration(metrics, checkpoint)`` is called
     after every iteration with ``iteration_metrics`` (plus the greedy accuracy on
-    evaluation iterations) and the checkpoint written then, if any.
+    evaluation iterations) and the checkpoint written then, if any; if it returns True,
+    the run ends after that iteration (``toolagent bench`` budgets training time this way).
     """
     cfg.validate()
     output = pathlib.Path(cfg.output)
@@ -289,9 +290,8 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
                     curriculum=cur, learner=result.get("learners", {}).get(MODULE_ID, {}),
                     greedy=greedy,
                 ), write=new_checkpoint is not None)  # the file keeps pace with the checkpoints
-                if on_iteration is not None:
-                    on_iteration(metrics, new_checkpoint)
-                if target_reached or out_of_time or out_of_iters or stopping:
+                caller_stops = on_iteration is not None and on_iteration(metrics, new_checkpoint) is True
+                if target_reached or out_of_time or out_of_iters or stopping or caller_stops:
                     break
         finally:
             display.close()

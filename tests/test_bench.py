@@ -75,6 +75,11 @@ def test_bench_quick_writes_every_section(tmp_path):
             assert section["env_steps"] > 0 and section["wall_seconds"] > section["eval_seconds"] > 0
             assert section["steps_per_second"] > section["env_steps"] / section["wall_seconds"]  # evaluations excluded
             _check_milestones(section["milestones"])
+            # the budget (6 s) is training time: wall time less evaluations and checkpoints
+            if not section["target_reached"]:
+                assert section["wall_seconds"] - section["eval_seconds"] >= 6.0 - 0.2, section
+        for t in trainings:
+            assert t["stopped_by"] in ("budget", "target"), t
         assert run["baseline"]["sampling_steps_per_second"] > 0
 
     # the table printed and stored: every section, ratios against the baseline
