@@ -65,6 +65,17 @@ def pattern_operators(code: int) -> tuple[int, ...]:
     return tuple(ARITHMETIC[index // 3**i % 3] for i in range(k))
 
 
+def pattern_text(operators: Sequence[int]) -> str:
+    """An operator pattern as an expression over letters: ``(ADD, MUL)`` -> ``"a + b*c"``."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    if len(operators) >= len(letters):
+        raise ValueError(f"patterns of up to {len(letters) - 1} operators, got {len(operators)}")
+    out = letters[0]
+    for i, op in enumerate(operators):
+        out += {MUL: "*", ADD: " + ", SUB: " - "}[op] + letters[i + 1]
+    return out
+
+
 def expression_value(digits: Sequence[int], operators: Sequence[int]) -> int:
     """``x0 o1 x1 ... ok xk`` with ``MUL`` before ``ADD``/``SUB``, left to right."""
     if len(digits) != len(operators) + 1:

@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"also evaluate expressions of exactly 1, 2, ..., K operators (K in 1..{MAX_OPERATORS}), "
                     "rows 1op..Kop, each marked trained or held out: the length-generalisation report")
     ev.add_argument("--seed", type=_seed, default=0, help="seed of the evaluation episodes (default: 0)")
+    ev.add_argument("--by-pattern", action="store_true",
+                    help="also give each expression row's accuracy per operator pattern ('a + b*c'), worst first, "
+                    "marking the patterns whose program needs STO/RCL")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.add_argument("--episodes-out", metavar="FILE.parquet", default=None,
                     help="also write every evaluated episode as a row of a Parquet file (schema: "
@@ -228,7 +231,14 @@ def _check_stages(stages, env_config) -> None:
 def _cmd_eval(args) -> int:
     resolve_checkpoint(args.checkpoint)
     episodes_out = writable_file(args.episodes_out, "--episodes-out", ".parquet") if args.episodes_out else None
-    from rllib_app.evaluate import accuracy_report, evaluate_rows, load_module, operator_rows, write_episodes
+    from rllib_app.evaluate import (
+        accuracy_report,
+        evaluate_rows,
+        load_module,
+        operator_rows,
+        pattern_report,
+        write_episodes,
+    )
 
     module, info = load_module(args.checkpoint)
     env_config = info.get("env_config")
@@ -252,8 +262,12 @@ def _cmd_eval(args) -> int:
             raise UsageError(f"--episodes-out {args.episodes_out!r}: cannot write it ({err.strerror or err})") from None
         # stderr: with --json, stdout stays one JSON document
         print(f"wrote {written} episodes to {episodes_out}", file=sys.stderr)
+    patterns = pattern_report(rows) if args.by_pattern else None
+    if args.by_pattern and not patterns:
+        print("(--by-pattern: no expression rows evaluated; add an expression stage or --max-operators)",
+              file=sys.stderr)
     if args.json:
-        print(json.dumps({"stages": report}))
+        print(json.dumps({"stages": report, **({"patterns": patterns} if args.by_pattern else {})}))
     else:
         print(f"{'stage':>5}  {'accuracy':>8}  {'programs':>8}  {'mean return':>11}  {'episodes':>8}")
         for row, r in report.items():
@@ -268,6 +282,11 @@ def _cmd_eval(args) -> int:
         if args.max_operators:
             print("(Kop: expressions of exactly K operators; trained = a stage on the run's curriculum draws K, "
                   "whether or not the curriculum got there; held out = none does)")
+        for row, entries in (patterns or {}).items():
+            print(f"\nrow {row} by operator pattern (worst first; * = needs STO/RCL)")
+            for r in entries:
+                mark = "*" if r["needs_memory"] else " "
+                print(f"  {r['pattern']:<28} {mark} {r['accuracy']:6.3f}  {r['episodes']:6d}")
     return 0
 
 

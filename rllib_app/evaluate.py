@@ -50,7 +50,7 @@ import pyarrow.parquet as pq
 
 from envs import ACTION_NAMES, MEMORY_STAGES, SPEC_STAGES
 from envs.analysis import ProgramCheck
-from envs.machine import OPERATOR_STAGE
+from envs.machine import OPERATOR_STAGE, needs_memory, pattern_text
 from envs.tool_machine import CONTEXT_LEN, PAD_TOKEN, read_context
 from envs.vector_tool_machine import ToolMachineVectorEnv
 from rllib_app.checkpoints import CheckpointError, read_run_info, resolve_checkpoint, write_parquet_atomic
@@ -266,6 +266,26 @@ def accuracy_report(rows: dict[str, list[Episode]]) -> dict[str, dict[str, float
         if all(e.variant == "exact" for e in eps):
             report[key]["program_accuracy"] = float(np.mean([answered_by_a_program(e, check) for e in eps]))
     return report
+
+
+def pattern_report(rows: dict[str, list[Episode]]) -> dict[str, list[dict[str, Any]]]:
+    """``{row: [{pattern, needs_memory, accuracy, episodes}, ...]}`` for the rows of expression
+    episodes, one entry per operator pattern seen (``"a + b*c"``), worst accuracy first:
+    where a policy's errors sit (a memory pattern it folds left, say)."""
+    out = {}
+    for key, eps in rows.items():
+        groups: dict[tuple[int, ...], list[bool]] = {}
+        for e in eps:
+            _, operators = read_context(e.stage, e.digits)
+            if operators:
+                groups.setdefault(tuple(operators), []).append(e.correct)
+        if groups:
+            out[key] = sorted(
+                ({"pattern": pattern_text(ops), "needs_memory": needs_memory(ops),
+                  "accuracy": float(np.mean(hits)), "episodes": len(hits)} for ops, hits in groups.items()),
+                key=lambda r: (r["accuracy"], r["pattern"]),
+            )
+    return out
 
 
 def greedy_accuracy(

@@ -81,6 +81,22 @@ def test_a_module_trained_on_expressions_runs_on_every_stage_and_operator_count(
     proc = run_cli("eval", str(out), "--max-operators", "7", timeout=60)
     assert proc.returncode == 2 and "'7' is not an operator count; allowed: 1..6" in proc.stderr
 
+    # --by-pattern: each row's episodes split by operator pattern, adding up to the row
+    proc = run_cli("eval", str(out), "--stages", "0", "--max-operators", "2", "--episodes", "200", "--by-pattern",
+                   "--json", timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    document = json.loads(proc.stdout.strip().splitlines()[-1])
+    report, patterns = document["stages"], document["patterns"]
+    assert set(patterns) == {"1op", "2op"}  # stage 0 has no operators
+    assert {r["pattern"] for r in patterns["1op"]} == {"a*b", "a + b", "a - b"}
+    assert len(patterns["2op"]) == 9 and {r["pattern"] for r in patterns["2op"] if r["needs_memory"]} == {
+        "a + b*c", "a - b*c"}
+    for row, entries in patterns.items():
+        assert sum(r["episodes"] for r in entries) == 200
+        right = sum(round(r["accuracy"] * r["episodes"]) for r in entries)
+        assert right == round(report[row]["accuracy"] * 200)
+        assert [r["accuracy"] for r in entries] == sorted(r["accuracy"] for r in entries)
+
 
 def test_greedy_promotion_moves_the_stage_at_an_evaluation(local_ray, tmp_path):
     """--promote-on greedy: the stage changes only on evaluation iterations, when the

@@ -379,3 +379,14 @@ def test_hard_min_digit_applies_to_the_hard_expression_draws_only():
             assert needs_memory(low.operators)
         digits[hard] |= set(low.digits)
     assert min(digits[True]) == 2 and min(digits[False]) == 0
+
+
+def test_pattern_text_writes_the_expression_over_letters():
+    from envs.machine import pattern_code, pattern_operators, pattern_text
+
+    assert pattern_text((ADD, MUL)) == "a + b*c"
+    assert pattern_text((MUL, SUB, MUL, ADD)) == "a*b - c*d + e"
+    assert pattern_text(()) == "a"
+    # one text per pattern number
+    texts = {pattern_text(pattern_operators(c)) for c in range(pattern_code((MUL,)), pattern_code((SUB,) * 6) + 1)}
+    assert len(texts) == pattern_code((SUB,) * 6) + 1 - pattern_code((MUL,))
