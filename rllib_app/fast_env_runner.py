@@ -56,6 +56,7 @@ What else it takes to go fast, each giving RLlib's results:
 * ``get_metrics`` logs only the done episodes RLlib's windowed episode stats keep;
 * ``on_episode_end``'s ``metrics_logger.log_value(..., reduce="sum")`` calls are added
   up per key and logged once per ``sample()``;
+* the envs' infos hold Python scalars (``PlainInfoToList``), not numpy ones;
 * a remote runner's episodes go out as ``PickledEpisodes``: pickled in one C-pickler
   call instead of Ray's per-object serializer (a plain ``list`` again when unpickled);
 * a remote runner's process (a Ray actor) is ``gc.freeze()``-d after its first fast ``sample()``
@@ -79,6 +80,7 @@ import numpy as np
 import ray
 import torch
 import tree
+from gymnasium.wrappers.vector import DictInfoToList
 from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.callbacks.utils import make_callback
 from ray.rllib.core.columns import Columns
@@ -148,6 +150,30 @@ class PickledEpisodes(list):
         return pickle.loads, (pickle.dumps(list(self), protocol=pickle.HIGHEST_PROTOCOL),)
 
 
+class PlainInfoToList(DictInfoToList):
+    """gymnasium's ``DictInfoToList`` with Python scalars in the per-env dicts: ``value[i]``
+    of an info array is a numpy scalar, which pickles ~25x slower than an ``int`` (16 steps
+    of 256 envs' infos: 21 ms against 0.8 ms), and every step's info goes out with the
+    episode chunks. Values compare equal to the numpy scalars they replace."""
+
+    def _convert_info_to_list(self, vector_infos: dict) -> list[dict]:
+        if any(isinstance(v, dict) for v in vector_infos.values()):
+            return super()._convert_info_to_list(vector_infos)
+        keys = [k for k in vector_infos if not k.startswith("_")]
+        masks = {k: vector_infos.get(f"_{k}") for k in keys}
+        everyone = [k for k in keys if masks[k] is None or masks[k].all()]
+        if everyone:
+            list_info = [dict(zip(everyone, row)) for row in zip(*(vector_infos[k].tolist() for k in everyone))]
+        else:
+            list_info = [{} for _ in range(self.num_envs)]
+        for key in keys:
+            if key not in everyone:
+                where = np.flatnonzero(masks[key])
+                for i, value in zip(where.tolist(), vector_infos[key][where].tolist()):
+                    list_info[i][key] = value
+        return list_info
+
+
 def _in_ray_actor() -> bool:
     try:
         return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
@@ -179,6 +205,11 @@ class ToolMachineEnvRunner(SingleAgentEnvRunner):
         self._fast_init_state = None
         self._gc_frozen = False
         self._fast_episodes: Optional[bool] = None  # direct episode assembly: unchecked/checked ok/differs
+
+    def make_env(self) -> None:
+        super().make_env()
+        if type(self.env) is DictInfoToList:  # RLlib's wrapper (SingleAgentEnvRunner.make_env)
+            self.env = PlainInfoToList(self.env.env)
 
     def sample(self, **kwargs):
         """RLlib's ``sample()``; in a Ray actor its episodes are a ``PickledEpisodes``, so
