@@ -22,10 +22,15 @@ NUM_ACTIONS = len(ACTION_NAMES)
 ARITHMETIC = (MUL, ADD, SUB)
 
 #: Context digits shown per stage. Stages 0-2 are the spec's; 3 and 4 are memory
-#: drills (shorter targets that also need STO/RCL), a curriculum lever for stage 2.
-STAGE_DIGITS = {0: 3, 1: 4, 2: 5, 3: 3, 4: 4}
+#: drills (shorter targets that also need STO/RCL, ending in ``RCL SUB``), a curriculum
+#: lever for stage 2; 10 and 11 are the same drills ending in ``RCL ADD`` (added after
+#: the expression stages, whose store-before-a-product patterns learned from drills
+#: 3 and 4 only where the product follows a ``-``).
+STAGE_DIGITS = {0: 3, 1: 4, 2: 5, 3: 3, 4: 4, 10: 3, 11: 4}
 #: The stages that cannot be solved on every context without STO/RCL.
-MEMORY_STAGES = (2, 3, 4)
+MEMORY_STAGES = (2, 3, 4, 10, 11)
+#: The memory drills (not the spec's stages): ``a-b*c``, ``a*b-c*d``, ``a+b*c``, ``a*b+c*d``.
+DRILL_STAGES = (3, 4, 10, 11)
 
 #: Expression stages (spec, "Expression stages"): the context is ``x0 o1 x1 ... ok xk``,
 #: digits and operator tokens, and the target its value under the usual precedence.
@@ -39,8 +44,9 @@ OPERATOR_TOKEN = {MUL: 10, ADD: 11, SUB: 12}
 TOKEN_OPERATOR = {token: tool for tool, token in OPERATOR_TOKEN.items()}
 #: The expression stage that draws expressions of k operators.
 OPERATOR_STAGE = {k: stage for stage, counts in EXPRESSION_OPERATORS.items() for k in counts}
-#: All stages, in order: the digit stages 0-4, then the expression stages.
-STAGES = tuple(STAGE_DIGITS) + EXPRESSION_STAGES
+#: All stages, in order: the digit stages 0-4, the expression stages 5-9, the drills 10-11.
+STAGES = tuple(sorted((*STAGE_DIGITS, *EXPRESSION_STAGES)))
+assert STAGES == tuple(range(len(STAGES)))
 #: An expression's operator pattern as one integer: the patterns of k operators are
 #: ``PATTERN_OFFSET[k] .. PATTERN_OFFSET[k] + 3**k - 1``, operator i the i-th base-3 digit
 #: (``ARITHMETIC`` order). ``NO_PATTERN`` for a digit stage.
@@ -126,6 +132,10 @@ def stage_target(stage: int, digits: Sequence[int], operators: Sequence[int] = (
         return a - b * c
     if stage == 4:
         return a * b - c * digits[3]
+    if stage == 10:
+        return a + b * c
+    if stage == 11:
+        return a * b + c * digits[3]
     raise ValueError(f"stage must be one of {list(STAGES)}, got {stage!r}")
 
 

@@ -44,6 +44,8 @@ _GENERAL = {
     2: (MUL, MUL, ADD, STO, MUL, MUL, RCL, SUB, ANS),
     3: (MUL, STO, MUL, MUL, RCL, SUB, ANS),
     4: (MUL, MUL, STO, MUL, MUL, RCL, SUB, ANS),
+    10: (MUL, STO, MUL, MUL, RCL, ADD, ANS),
+    11: (MUL, MUL, STO, MUL, MUL, RCL, ADD, ANS),
 }
 
 

@@ -157,7 +157,7 @@ def _path_tables():
         contexts = np.zeros((10**n, _NUM_DIGITS), dtype=np.int64)
         contexts[:, :n] = all_contexts(n)
         place[s, :n] = 10 ** np.arange(n - 1, -1, -1)
-        offset[s] = sum(10 ** STAGE_DIGITS[t] for t in range(s))
+        offset[s] = sum(10 ** STAGE_DIGITS[t] for t in STAGE_DIGITS if t < s)
         k = len(contexts)
         regs = (np.zeros(k, np.int64), np.zeros(k, bool), np.zeros(k, np.int64), np.zeros(k, bool),
                 np.zeros(k, np.int64), np.zeros(k, bool))
@@ -178,7 +178,10 @@ def _path_tables():
 def _stage_targets(stages: np.ndarray, digits: np.ndarray) -> np.ndarray:
     """``machine.stage_target`` for rows of different digit stages."""
     a, b, c, d, e = digits[:, :_NUM_DIGITS].T
-    return np.choose(stages, [a * b + c, a * b + c - d, (a * b + c) - (d * e), a - b * c, a * b - c * d])
+    by_stage = {0: a * b + c, 1: a * b + c - d, 2: (a * b + c) - (d * e), 3: a - b * c, 4: a * b - c * d,
+                10: a + b * c, 11: a * b + c * d}
+    zero = np.zeros_like(a)  # the expression stages' (their targets are computed apart)
+    return np.choose(stages, [by_stage.get(s, zero) for s in STAGES])
 
 
 class ToolMachineVectorEnv(VectorEnv):

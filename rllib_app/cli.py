@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("checkpoint", help="a checkpoint directory, or a 'toolagent train' output directory")
     ev.add_argument("--episodes", type=_positive, default=1000, help="fresh episodes per stage (default: 1000)")
     ev.add_argument("--stages", type=_stage_list, default=list(SPEC_STAGES),
-                    help="comma-separated stages; 3 and 4 are the memory drills, 5-9 the expression stages "
+                    help="comma-separated stages; 3, 4, 10 and 11 are the memory drills, 5-9 the expression stages "
                     "(default: 0,1,2)")
     ev.add_argument("--max-operators", type=_operators, default=0, metavar="K",
                     help=f"also evaluate expressions of exactly 1, 2, ..., K operators (K in 1..{MAX_OPERATORS}), "

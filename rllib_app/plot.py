@@ -43,7 +43,7 @@ from rllib_app.evaluate import EVAL_SEED_OFFSET, load_module, rollout
 from rllib_app.history import GREEDY_ROWS
 
 #: The stated target of each stage, for legends and headings.
-STAGE_TARGETS = {0: "a·b+c", 1: "(a·b+c)−d", 2: "(a·b+c)−(d·e)", 3: "a−b·c", 4: "a·b−c·d"}
+STAGE_TARGETS = {0: "a·b+c", 1: "(a·b+c)−d", 2: "(a·b+c)−(d·e)", 3: "a−b·c", 4: "a·b−c·d", 10: "a+b·c", 11: "a·b+c·d"}
 #: Stage colours (matplotlib's tab10, one per stage) and token colours (Set2: a
 #: different palette, so a token is never mistaken for a stage).
 STAGE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd")
