@@ -23,9 +23,8 @@ ARITHMETIC = (MUL, ADD, SUB)
 
 #: Context digits shown per stage. Stages 0-2 are the spec's; 3 and 4 are memory
 #: drills (shorter targets that also need STO/RCL, ending in ``RCL SUB``), a curriculum
-#: lever for stage 2; 10 and 11 are the same drills ending in ``RCL ADD`` (added after
-#: the expression stages, whose store-before-a-product patterns learned from drills
-#: 3 and 4 only where the product follows a ``-``).
+#: lever for stage 2; 10 and 11 are the same drills ending in ``RCL ADD``, so that both
+#: signs of the expression stages' store-before-a-product move have one.
 STAGE_DIGITS = {0: 3, 1: 4, 2: 5, 3: 3, 4: 4, 10: 3, 11: 4}
 #: The stages that cannot be solved on every context without STO/RCL.
 MEMORY_STAGES = (2, 3, 4, 10, 11)
