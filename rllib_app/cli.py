@@ -218,8 +218,13 @@ def trained_operator_counts(train_config: dict) -> set[int]:
     return {k for s in stages for k in EXPRESSION_OPERATORS.get(s, ())}
 
 
-def _check_stages(stages, env_config) -> None:
-    """The checkpoint's task rules decide which stages exist (the seed variant: 0-2)."""
+def _check_stages(stages, env_config, module=None) -> None:
+    """The checkpoint's task rules decide which stages exist (the seed variant: 0-2), and
+    its module which it can read (one trained before drills 10 and 11 existed: 0-9)."""
+    known = len((getattr(module, "model_config", None) or {}).get("stage_embedding_rows", ())) or NUM_STAGES
+    if any(s >= known for s in stages):
+        raise UsageError(f"this checkpoint's module reads stages 0..{known - 1} (it predates the later ones); "
+                         f"got {sorted(s for s in set(stages) if s >= known)}")
     variant = (env_config or {}).get("variant", "exact")
     if variant == "seed" and any(s not in SPEC_STAGES for s in stages):
         raise UsageError(
@@ -242,7 +247,7 @@ def _cmd_eval(args) -> int:
 
     module, info = load_module(args.checkpoint)
     env_config = info.get("env_config")
-    _check_stages(args.stages, env_config)
+    _check_stages(args.stages, env_config, module)
     if args.max_operators and (env_config or {}).get("variant", "exact") == "seed":
         raise UsageError("--max-operators: this checkpoint was trained on the seed variant, which has no expressions")
     rows = evaluate_rows(module, args.stages, args.episodes, env_config=env_config, seed=args.seed)
@@ -300,7 +305,7 @@ def _cmd_explain(args) -> int:
 
     stage = 2 if args.stage is None else args.stage
     module, info = load_module(args.checkpoint)
-    _check_stages([stage], info.get("env_config"))
+    _check_stages([stage], info.get("env_config"), module)
     episodes = rollout(module, stage, args.n, env_config=info.get("env_config"), seed=args.seed, greedy=not args.sample)
     print(f"stage {stage}, {'sampled' if args.sample else 'greedy'} actions")
     print(format_table([e.record() for e in episodes]))

@@ -93,3 +93,16 @@ def test_eval_refuses_stages_the_checkpoints_variant_does_not_have(local_ray, tm
         bad = run_cli(*args, timeout=120)
         assert bad.returncode == 2 and "trained on the seed variant, which has stages [0, 1, 2] only" in bad.stderr
         assert "Traceback" not in bad.stderr
+
+
+def test_a_checkpoint_module_older_than_a_stage_is_a_usage_error():
+    import types
+
+    from rllib_app.cli import _check_stages
+    from rllib_app.config import UsageError
+
+    older = types.SimpleNamespace(model_config={"stage_embedding_rows": [0, 1, 2, 3, 4, 5, 5, 5, 5, 5]})
+    _check_stages([0, 5, 9], {}, older)
+    with pytest.raises(UsageError, match=r"reads stages 0\.\.9 \(it predates the later ones\); got \[10, 11\]"):
+        _check_stages([2, 11, 10], {}, older)
+    _check_stages([10, 11], {}, types.SimpleNamespace(model_config={"stage_embedding_rows": list(range(12))}))
