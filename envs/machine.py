@@ -28,8 +28,6 @@ ARITHMETIC = (MUL, ADD, SUB)
 STAGE_DIGITS = {0: 3, 1: 4, 2: 5, 3: 3, 4: 4, 10: 3, 11: 4}
 #: The stages that cannot be solved on every context without STO/RCL.
 MEMORY_STAGES = (2, 3, 4, 10, 11)
-#: The memory drills (not the spec's stages): ``a-b*c``, ``a*b-c*d``, ``a+b*c``, ``a*b+c*d``.
-DRILL_STAGES = (3, 4, 10, 11)
 
 #: Expression stages (spec, "Expression stages"): the context is ``x0 o1 x1 ... ok xk``,
 #: digits and operator tokens, and the target its value under the usual precedence.

@@ -66,6 +66,7 @@ from envs.machine import (
     STO,
     SUB,
     expression_value,
+    stage_target,
 )
 from envs.oracle import general_path, general_program, longest_oracle_program
 from envs.tool_machine import (
@@ -177,11 +178,9 @@ def _path_tables():
 
 def _stage_targets(stages: np.ndarray, digits: np.ndarray) -> np.ndarray:
     """``machine.stage_target`` for rows of different digit stages."""
-    a, b, c, d, e = digits[:, :_NUM_DIGITS].T
-    by_stage = {0: a * b + c, 1: a * b + c - d, 2: (a * b + c) - (d * e), 3: a - b * c, 4: a * b - c * d,
-                10: a + b * c, 11: a * b + c * d}
-    zero = np.zeros_like(a)  # the expression stages' (their targets are computed apart)
-    return np.choose(stages, [by_stage.get(s, zero) for s in STAGES])
+    columns = digits[:, :_NUM_DIGITS].T
+    zero = np.zeros(len(digits), dtype=np.int64)  # the expression stages' (their targets are computed apart)
+    return np.choose(stages, [stage_target(s, columns) if s in STAGE_DIGITS else zero for s in STAGES])
 
 
 class ToolMachineVectorEnv(VectorEnv):
