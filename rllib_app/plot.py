@@ -36,19 +36,24 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from envs import ACTION_NAMES, MEMORY_STAGES, SPEC_STAGES
+from envs import ACTION_NAMES, MEMORY_STAGES, NUM_STAGES, SPEC_STAGES
+from envs.machine import EXPRESSION_OPERATORS
 from rllib_app.checkpoints import CheckpointError, resolve_checkpoint
 from rllib_app.config import TrainConfig, UsageError
 from rllib_app.evaluate import EVAL_SEED_OFFSET, load_module, rollout
 from rllib_app.history import GREEDY_ROWS
 
 #: The stated target of each stage, for legends and headings.
-STAGE_TARGETS = {0: "a·b+c", 1: "(a·b+c)−d", 2: "(a·b+c)−(d·e)", 3: "a−b·c", 4: "a·b−c·d", 10: "a+b·c", 11: "a·b+c·d"}
-#: Stage colours (matplotlib's tab10, one per stage) and token colours (Set2: a
-#: different palette, so a token is never mistaken for a stage).
-STAGE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd")
+STAGE_TARGETS = {0: "a·b+c", 1: "(a·b+c)−d", 2: "(a·b+c)−(d·e)", 3: "a−b·c", 4: "a·b−c·d", 10: "a+b·c", 11: "a·b+c·d",
+                 **{s: f"{'-'.join(map(str, (k[0], k[-1]) if len(k) > 1 else k))} operators"
+                    for s, k in EXPRESSION_OPERATORS.items()}}
+#: Stage colours (matplotlib's tab10, then two of tab20: one per stage) and token colours
+#: (Set2: a different palette, so a token is never mistaken for a stage).
+STAGE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+                "#17becf", "#aec7e8", "#ffbb78")
 TOKEN_COLORS = ("#66c2a5", "#fc8d62", "#8da0cb", "#e78ac3", "#a6d854", "#b3b3b3")
 DEFAULT_PNG = "curves.png"
+assert len(STAGE_COLORS) == len(STAGE_TARGETS) == NUM_STAGES
 
 
 @dataclasses.dataclass
@@ -229,7 +234,7 @@ def _draw_curves(ax, run: Run) -> None:
 def _greedy_marker(ax, row: str, xs, ys) -> None:
     stage = int(row.rstrip("m"))
     # later stages smaller and on top: dots of solved stages that coincide at 1.0 stay visible as rings
-    ms = 8.5 - 1.3 * stage
+    ms = max(3.0, 8.5 - 1.3 * stage)
     if row.endswith("m"):
         ax.plot(xs, ys, ls="", marker="D", ms=ms - 1, mfc="white", mec=STAGE_COLORS[stage], mew=1.5, zorder=3 + stage)
     else:

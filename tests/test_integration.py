@@ -81,6 +81,11 @@ def test_a_module_trained_on_expressions_runs_on_every_stage_and_operator_count(
     proc = run_cli("eval", str(out), "--max-operators", "7", timeout=60)
     assert proc.returncode == 2 and "'7' is not an operator count; allowed: 1..6" in proc.stderr
 
+    # the plot draws every stage of an expression path (it indexed colours by stage 0-4 only)
+    proc = run_cli("plot", str(out), "--out", str(tmp_path / "curves.png"), "--action-episodes", "20", timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
     # --by-pattern: each row's episodes split by operator pattern, adding up to the row
     proc = run_cli("eval", str(out), "--stages", "0", "--max-operators", "2", "--episodes", "200", "--by-pattern",
                    "--json", timeout=180)
