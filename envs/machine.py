@@ -24,10 +24,11 @@ ARITHMETIC = (MUL, ADD, SUB)
 #: Context digits shown per stage. Stages 0-2 are the spec's; 3 and 4 are memory
 #: drills (shorter targets that also need STO/RCL, ending in ``RCL SUB``), a curriculum
 #: lever for stage 2; 10 and 11 are the same drills ending in ``RCL ADD``, so that both
-#: signs of the expression stages' store-before-a-product move have one.
-STAGE_DIGITS = {0: 3, 1: 4, 2: 5, 3: 3, 4: 4, 10: 3, 11: 4}
+#: signs of the expression stages' store-before-a-product move have one; 12 (``a+b-c*d``)
+#: and 13 (``a-b+c*d``) store after a sum (``MUL ADD STO``), the product as the third term.
+STAGE_DIGITS = {0: 3, 1: 4, 2: 5, 3: 3, 4: 4, 10: 3, 11: 4, 12: 4, 13: 4}
 #: The stages that cannot be solved on every context without STO/RCL.
-MEMORY_STAGES = (2, 3, 4, 10, 11)
+MEMORY_STAGES = (2, 3, 4, 10, 11, 12, 13)
 
 #: Expression stages (spec, "Expression stages"): the context is ``x0 o1 x1 ... ok xk``,
 #: digits and operator tokens, and the target its value under the usual precedence.
@@ -41,7 +42,7 @@ OPERATOR_TOKEN = {MUL: 10, ADD: 11, SUB: 12}
 TOKEN_OPERATOR = {token: tool for tool, token in OPERATOR_TOKEN.items()}
 #: The expression stage that draws expressions of k operators.
 OPERATOR_STAGE = {k: stage for stage, counts in EXPRESSION_OPERATORS.items() for k in counts}
-#: All stages, in order: the digit stages 0-4, the expression stages 5-9, the drills 10-11.
+#: All stages, in order: the digit stages 0-4, the expression stages 5-9, the drills 10-13.
 STAGES = tuple(sorted((*STAGE_DIGITS, *EXPRESSION_STAGES)))
 assert STAGES == tuple(range(len(STAGES)))
 #: An expression's operator pattern as one integer: the patterns of k operators are
@@ -133,6 +134,10 @@ def stage_target(stage: int, digits: Sequence[int], operators: Sequence[int] = (
         return a + b * c
     if stage == 11:
         return a * b + c * digits[3]
+    if stage == 12:
+        return a + b - c * digits[3]
+    if stage == 13:
+        return a - b + c * digits[3]
     raise ValueError(f"stage must be one of {list(STAGES)}, got {stage!r}")
 
 

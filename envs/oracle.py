@@ -46,6 +46,8 @@ _GENERAL = {
     4: (MUL, MUL, STO, MUL, MUL, RCL, SUB, ANS),
     10: (MUL, STO, MUL, MUL, RCL, ADD, ANS),
     11: (MUL, MUL, STO, MUL, MUL, RCL, ADD, ANS),
+    12: (MUL, ADD, STO, MUL, MUL, RCL, SUB, ANS),
+    13: (MUL, SUB, STO, MUL, MUL, RCL, ADD, ANS),
 }
 
 

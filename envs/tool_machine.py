@@ -195,7 +195,7 @@ _CONFIG_KEYS = (
 
 def stage_embedding_rows() -> list[int]:
     """The stage embedding row of each stage: one per digit stage, one shared by the
-    expression stages (they differ only in length): 0-4, 5 for 5-9, then 6, 7."""
+    expression stages (they differ only in length): 0-4, 5 for 5-9, then 6-9 for 10-13."""
     rows, shared = [], None
     for s in STAGES:
         if s in EXPRESSION_STAGES:
@@ -234,19 +234,19 @@ def _check_stage(stage: Any) -> int:
 class ToolMachineEnv(gym.Env):
     """The tool machine task, ``exact`` or ``seed`` variant.
 
-    Stages 0-2 are the spec's; 3 (``a-b*c``), 4 (``a*b-c*d``), 10 (``a+b*c``) and 11
-    (``a*b+c*d``) are memory drills for the ``exact`` variant: shorter programs that
-    already need ``STO``/``RCL``; 5-9 are the expression stages (``EXPRESSION_OPERATORS``:
+    Stages 0-2 are the spec's; 3 (``a-b*c``), 4 (``a*b-c*d``), 10 (``a+b*c``), 11
+    (``a*b+c*d``), 12 (``a+b-c*d``) and 13 (``a-b+c*d``) are memory drills for the
+    ``exact`` variant: shorter programs that already need ``STO``/``RCL``; 5-9 are the expression stages (``EXPRESSION_OPERATORS``:
     1-2, 3, 4, 5 and 6 operators), whose program depends on the operators read.
 
     Args:
         config: RLlib's ``env_config`` (or any mapping) with optional keys
-            ``variant`` ("exact" | "seed"), ``stage`` (0-11; the seed variant 0-2), ``max_steps``
+            ``variant`` ("exact" | "seed"), ``stage`` (0-13; the seed variant 0-2), ``max_steps``
             (exact variant only: one step limit for every stage; by default each stage's
             own, ``stage_max_steps``; the seed variant always reads 6 tokens) and
             ``action_mask`` (bool: expose the tools that can apply now) and
             ``hard_fraction`` (0-1: the share of episodes of a memory stage (2, and
-            the drills 3, 4, 10, 11) whose context is drawn from that stage's
+            the drills 3, 4, 10-13) whose context is drawn from that stage's
             memory-required subset, the contexts that no memory-free program
             solves (20% of stage 2's), and of an expression stage that need memory
             (a later term is a product); a training lever, evaluation keeps 0) and

@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("checkpoint", help="a checkpoint directory, or a 'toolagent train' output directory")
     ev.add_argument("--episodes", type=_positive, default=1000, help="fresh episodes per stage (default: 1000)")
     ev.add_argument("--stages", type=_stage_list, default=list(SPEC_STAGES),
-                    help="comma-separated stages; 3, 4, 10 and 11 are the memory drills, 5-9 the expression stages "
+                    help="comma-separated stages; 3, 4 and 10-13 are the memory drills, 5-9 the expression stages "
                     "(default: 0,1,2)")
     ev.add_argument("--max-operators", type=_operators, default=0, metavar="K",
                     help=f"also evaluate expressions of exactly 1, 2, ..., K operators (K in 1..{MAX_OPERATORS}), "
@@ -220,7 +220,7 @@ def trained_operator_counts(train_config: dict) -> set[int]:
 
 def _check_stages(stages, env_config, module=None) -> None:
     """The checkpoint's task rules decide which stages exist (the seed variant: 0-2), and
-    its module which it can read (one trained before drills 10 and 11 existed: 0-9)."""
+    its module which it can read (one trained before the later drills existed: fewer)."""
     known = len((getattr(module, "model_config", None) or {}).get("stage_embedding_rows", ())) or NUM_STAGES
     if any(s >= known for s in stages):
         raise UsageError(f"this checkpoint's module reads stages 0..{known - 1} (it predates the later ones); "

@@ -163,7 +163,7 @@ class TrainConfig:
         ",".join(map(str, SPEC_PATH)),
         f"threshold/progress schedules: the stages in training order; {_DRILL_EXAMPLE} adds the memory drills "
         "a-b*c (3) and a*b-c*d (4) before stage 2; 5-9 are the expression stages (1-2, 3, 4, 5, 6 operators); "
-        "10 and 11 the drills a+b*c and a*b+c*d; "
+        "10-13 the drills a+b*c, a*b+c*d, a+b-c*d and a-b+c*d; "
         "e.g. 0,1,2,5,6,7 trains up to 4 operators",
     )
     promotion_accuracy: float = flag(

@@ -17,7 +17,7 @@ Columns (in this order):
     row      string        the eval row: "2" = stage 2 on uniform contexts, "2m" = on
                            its memory-required contexts, "3op" = expressions of 3
                            operators (as ``toolagent eval`` reports)
-    stage    int64         0-11
+    stage    int64         0-13
     context  list<int64>   the tokens the agent read, in order: digits 0-9 and, at an
                            expression stage (5-9), operators MUL=10, ADD=11, SUB=12
     target   int64         the stage's stated target for this context

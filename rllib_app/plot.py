@@ -45,12 +45,13 @@ from rllib_app.history import GREEDY_ROWS
 
 #: The stated target of each stage, for legends and headings.
 STAGE_TARGETS = {0: "a·b+c", 1: "(a·b+c)−d", 2: "(a·b+c)−(d·e)", 3: "a−b·c", 4: "a·b−c·d", 10: "a+b·c", 11: "a·b+c·d",
+                 12: "a+b−c·d", 13: "a−b+c·d",
                  **{s: f"{'-'.join(map(str, (k[0], k[-1]) if len(k) > 1 else k))} operators"
                     for s, k in EXPRESSION_OPERATORS.items()}}
-#: Stage colours (matplotlib's tab10, then two of tab20: one per stage) and token colours
+#: Stage colours (matplotlib's tab10, then four of tab20: one per stage) and token colours
 #: (Set2: a different palette, so a token is never mistaken for a stage).
 STAGE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-                "#17becf", "#aec7e8", "#ffbb78")
+                "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896")
 TOKEN_COLORS = ("#66c2a5", "#fc8d62", "#8da0cb", "#e78ac3", "#a6d854", "#b3b3b3")
 DEFAULT_PNG = "curves.png"
 assert len(STAGE_COLORS) == len(STAGE_TARGETS) == NUM_STAGES

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SMALL, run_cli, train_in_process
-from envs import NUM_STAGES
+from envs import MEMORY_STAGES, NUM_STAGES
 
 pytestmark = pytest.mark.integration
 
@@ -74,7 +74,7 @@ def test_a_module_trained_on_expressions_runs_on_every_stage_and_operator_count(
                    "--episodes", "30", "--json", timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])["stages"]
-    assert set(report) == {*map(str, range(NUM_STAGES)), "2m", "3m", "4m", "10m", "11m", *(f"{k}op" for k in range(1, 7))}
+    assert set(report) == {*map(str, range(NUM_STAGES)), *(f"{s}m" for s in MEMORY_STAGES), *(f"{k}op" for k in range(1, 7))}
     assert all(r["episodes"] == 30 and 0.0 <= r["accuracy"] <= 1.0 for r in report.values())
     # stages 5-7 draw 1-4 operators: trained; 5 and 6 operators are held out
     assert [report[f"{k}op"]["trained"] for k in range(1, 7)] == [True] * 4 + [False] * 2

@@ -49,7 +49,7 @@ def check_png(path):
 
 
 # -- a synthesized run directory (no Ray) ---------------------------------------------------------
-GREEDY_ROWS = ("0", "1", "2", "2m", "3", "3m", "4", "4m", "5", "6", "7", "8", "9", "10", "10m", "11", "11m")
+GREEDY_ROWS = ("0", "1", "2", "2m", "3", "3m", "4", "4m", "5", "6", "7", "8", "9", "10", "10m", "11", "11m", "12", "12m", "13", "13m")
 #: exactly the columns of DIR/metrics.parquet, as 'toolagent train' writes them
 METRICS_COLUMNS = [
     ("iteration", pa.int64()), ("wall_seconds", pa.float64()), ("env_steps", pa.int64()),

@@ -9,6 +9,7 @@ from envs import (
     CONTEXT_LEN,
     MUL,
     NUM_ACTIONS,
+    NUM_STAGES,
     PAD_TOKEN,
     RCL,
     START_ACTION,
@@ -20,7 +21,7 @@ from envs import (
     observation_layout,
     stage_target,
 )
-from envs.machine import STAGE_DIGITS, run_program
+from envs.machine import MEMORY_STAGES, STAGE_DIGITS, run_program
 
 DIGITS = (7, 3, 4, 2, 5)
 
@@ -104,8 +105,10 @@ def test_stage_targets():
     assert stage_target(4, DIGITS[:4]) == a * b - c * d
     assert stage_target(10, DIGITS[:3]) == a + b * c
     assert stage_target(11, DIGITS[:4]) == a * b + c * d
+    assert stage_target(12, DIGITS[:4]) == a + b - c * d
+    assert stage_target(13, DIGITS[:4]) == a - b + c * d
     with pytest.raises(ValueError, match="stage"):
-        stage_target(12, DIGITS)
+        stage_target(14, DIGITS)
     # expression stages: the usual precedence, left to right
     assert stage_target(5, (2, 3, 4), (ADD, MUL)) == 2 + 3 * 4
     assert stage_target(6, (2, 3, 4, 5), (SUB, MUL, SUB)) == 2 - 3 * 4 - 5
@@ -216,7 +219,7 @@ def test_reset_seed_is_deterministic_and_set_stage_applies_next_episode():
 
 def test_stage_weights_mix_stages():
     env = ToolMachineEnv()
-    env.set_stage_weights([0.5, 0.0, 0.5, 0.0, 0.0, 0, 0, 0, 0, 0, 0, 0])
+    env.set_stage_weights([0.5, 0.0, 0.5] + [0.0] * (NUM_STAGES - 3))
     env.reset(seed=1)
     stages = {env.reset()[1]["stage"] for _ in range(200)}
     assert stages == {0, 2}
@@ -225,7 +228,7 @@ def test_stage_weights_mix_stages():
 @pytest.mark.parametrize(
     "config, message",
     [
-        ({"stage": 12}, "stage must be in 0..11, got 12"),
+        ({"stage": 14}, "stage must be in 0..13, got 14"),
         ({"stage": "1"}, "stage must be an integer"),
         ({"variant": "tutorial"}, "variant must be one of"),
         ({"max_steps": 0}, "max_steps must be an integer >= 1"),
@@ -251,10 +254,10 @@ def test_seed_variant_refuses_the_memory_drills():
         ToolMachineEnv({"variant": "seed", "stage": 3})
     env = ToolMachineEnv({"variant": "seed"})
     with pytest.raises(ValueError, match="got 4"):
-        env.set_stage_weights([1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0])
+        env.set_stage_weights([1, 0, 0, 0, 1] + [0] * (NUM_STAGES - 5))
 
 
-@pytest.mark.parametrize("stage", [2, 3, 4, 10, 11])
+@pytest.mark.parametrize("stage", MEMORY_STAGES)
 def test_hard_contexts_come_from_the_stages_memory_required_subset(stage):
     from envs.analysis import memory_required_contexts
 

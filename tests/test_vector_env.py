@@ -15,6 +15,7 @@ from envs import (
     GYM_ENV_ID,
     MUL,
     NUM_ACTIONS,
+    NUM_STAGES,
     STAGE_DIGITS,
     START_ACTION,
     SUB,
@@ -144,10 +145,10 @@ def test_matches_sync_vector_env(config, seed):
 @pytest.mark.parametrize(
     "config, weights, new_weights",
     [
-        ({"hard_fraction": 0.8, "shaping": 0.5}, [1, 1, 2, 1, 1, 0, 0, 0, 0, 0, 1, 1], [0, 0, 1, 3, 0, 1, 0, 1, 0, 1, 0, 2]),
-        ({"action_mask": True}, [0.5, 0, 0, 0.25, 0.25, 0, 0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]),
-        ({"variant": "seed", "hard_fraction": 0.8}, [1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0], [0, 1, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
-        ({"shaping": 0.5, "action_mask": True}, [0, 0, 1, 0, 0, 1, 1, 1, 1, 1, 0, 0], [1, 0, 0, 0, 0, 0, 0, 2, 0, 3, 1, 1]),
+        ({"hard_fraction": 0.8, "shaping": 0.5}, [1, 1, 2, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1, 1], [0, 0, 1, 3, 0, 1, 0, 1, 0, 1, 0, 2, 1, 0]),
+        ({"action_mask": True}, [0.5, 0, 0, 0.25, 0.25] + [0] * (NUM_STAGES - 5), [1] * NUM_STAGES),
+        ({"variant": "seed", "hard_fraction": 0.8}, [1, 1, 1] + [0] * (NUM_STAGES - 3), [0, 1, 3] + [0] * (NUM_STAGES - 3)),
+        ({"shaping": 0.5, "action_mask": True}, [0, 0, 1, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0, 0, 2, 0, 3, 1, 1, 0, 2]),
     ],
 )
 def test_matches_sync_vector_env_with_mixed_stages(config, weights, new_weights):
@@ -162,7 +163,7 @@ def test_matches_sync_vector_env_with_pattern_weights():
     weights[PATTERN_OFFSET[2]: PATTERN_OFFSET[2] + 9] = np.arange(9) ** 2
     weights[PATTERN_OFFSET[4]] = 1.0
     for config in ({"shaping": 0.5}, {"hard_fraction": 0.8, "action_mask": True}):
-        stats = run_both(config, num_envs=12, seed=5, weights=[0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0], pattern_weights=weights)
+        stats = run_both(config, num_envs=12, seed=5, weights=[0, 0, 0, 0, 0, 1, 1, 1] + [0] * (NUM_STAGES - 8), pattern_weights=weights)
         assert {5, 6, 7} <= stats["stages"]
 
 
@@ -183,7 +184,7 @@ def test_rejected_draws_are_redone_with_numpys_generator(monkeypatch):
 
     monkeypatch.setattr(vector_tool_machine, "lemire", lemire_rejecting_half)
     run_both({"hard_fraction": 0.8, "shaping": 0.5}, seed=4, steps=80,
-             weights=[1, 1, 2, 1, 1, 0, 0, 0, 0, 0, 1, 0], new_weights=[1, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 1])
+             weights=[1, 1, 2, 1, 1, 0, 0, 0, 0, 0, 1, 0, 1, 0], new_weights=[1, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0, 1])
 
 
 def test_streams_draw_what_numpy_generators_draw():
@@ -296,8 +297,8 @@ def test_set_stage_weights_applies_to_all_envs():
     vec = ToolMachineVectorEnv({}, num_envs=16)
     vec.reset(seed=0)
     assert vec.stages.tolist() == [0] * 16
-    vec.set_stage_weights([0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0])
-    assert vec.stage_weights.tolist() == [0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]
+    vec.set_stage_weights([0, 0, 0, 2] + [0] * (NUM_STAGES - 4))
+    assert vec.stage_weights.tolist() == [0, 0, 0, 1] + [0] * (NUM_STAGES - 4)
     assert vec.stages.tolist() == [0] * 16  # episodes in flight finish on their stage
     vec.step([ANS] * 16)
     obs, _, _, _, info = vec.step([ANS] * 16)  # every env resets here
@@ -308,7 +309,7 @@ def test_set_stage_weights_applies_to_all_envs():
     with pytest.raises(ValueError, match="stage weights"):
         vec.set_stage_weights([1, 2])
     with pytest.raises(ValueError, match="seed variant"):
-        ToolMachineVectorEnv({"variant": "seed"}, num_envs=2).set_stage_weights([0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0])
+        ToolMachineVectorEnv({"variant": "seed"}, num_envs=2).set_stage_weights([0, 0, 0, 1] + [0] * (NUM_STAGES - 4))
 
 
 def test_config_is_the_single_envs_plus_num_envs():
