@@ -288,10 +288,12 @@ def _cmd_eval(args) -> int:
             print("(Kop: expressions of exactly K operators; trained = a stage on the run's curriculum draws K, "
                   "whether or not the curriculum got there; held out = none does)")
         for row, entries in (patterns or {}).items():
-            print(f"\nrow {row} by operator pattern (worst first; * = needs STO/RCL)")
+            print(f"\nrow {row} by operator pattern (worst first; * = needs STO/RCL; the oracle's program, "
+                  "and the policy's most frequent tools when wrong, with how many of the pattern's episodes)")
             for r in entries:
                 mark = "*" if r["needs_memory"] else " "
-                print(f"  {r['pattern']:<28} {mark} {r['accuracy']:6.3f}  {r['episodes']:6d}")
+                wrong = f"   wrong: {r['wrong_tools']} ({r['wrong_count']})" if r["wrong_tools"] else ""
+                print(f"  {r['pattern']:<28} {mark} {r['accuracy']:6.3f}  {r['episodes']:6d}   {r['program']}{wrong}")
     return 0
 
 

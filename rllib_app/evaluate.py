@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,7 @@ import pyarrow.parquet as pq
 from envs import ACTION_NAMES, MEMORY_STAGES, SPEC_STAGES
 from envs.analysis import ProgramCheck
 from envs.machine import OPERATOR_STAGE, needs_memory, pattern_text
+from envs.oracle import compile_expression
 from envs.tool_machine import CONTEXT_LEN, PAD_TOKEN, read_context
 from envs.vector_tool_machine import ToolMachineVectorEnv
 from rllib_app.checkpoints import CheckpointError, read_run_info, resolve_checkpoint, write_parquet_atomic
@@ -269,23 +271,31 @@ def accuracy_report(rows: dict[str, list[Episode]]) -> dict[str, dict[str, float
 
 
 def pattern_report(rows: dict[str, list[Episode]]) -> dict[str, list[dict[str, Any]]]:
-    """``{row: [{pattern, needs_memory, accuracy, episodes}, ...]}`` for the rows of expression
-    episodes, one entry per operator pattern seen (``"a + b*c"``), worst accuracy first:
-    where a policy's errors sit (a memory pattern it folds left, say)."""
+    """``{row: [{pattern, needs_memory, accuracy, episodes, program, wrong_tools, wrong_count}, ...]}``
+    for the rows of expression episodes, one entry per operator pattern seen (``"a + b*c"``),
+    worst accuracy first: where a policy's errors sit, the oracle's program for the pattern,
+    and the tools the policy played most often when wrong (None if never): a left fold, or
+    a store one term early."""
     out = {}
     for key, eps in rows.items():
-        groups: dict[tuple[int, ...], list[bool]] = {}
+        groups: dict[tuple[int, ...], list[Episode]] = {}
         for e in eps:
             _, operators = read_context(e.stage, e.digits)
             if operators:
-                groups.setdefault(tuple(operators), []).append(e.correct)
+                groups.setdefault(tuple(operators), []).append(e)
         if groups:
-            out[key] = sorted(
-                ({"pattern": pattern_text(ops), "needs_memory": needs_memory(ops),
-                  "accuracy": float(np.mean(hits)), "episodes": len(hits)} for ops, hits in groups.items()),
-                key=lambda r: (r["accuracy"], r["pattern"]),
-            )
+            out[key] = sorted((_pattern_entry(ops, group) for ops, group in groups.items()),
+                              key=lambda r: (r["accuracy"], r["pattern"]))
     return out
+
+
+def _pattern_entry(operators: tuple[int, ...], episodes: list[Episode]) -> dict[str, Any]:
+    wrong = Counter(" ".join(ACTION_NAMES[a] for a in e.actions) for e in episodes if not e.correct)
+    tools, count = wrong.most_common(1)[0] if wrong else (None, 0)
+    return {"pattern": pattern_text(operators), "needs_memory": needs_memory(operators),
+            "accuracy": float(np.mean([e.correct for e in episodes])), "episodes": len(episodes),
+            "program": " ".join(ACTION_NAMES[a] for a in compile_expression(operators)),
+            "wrong_tools": tools, "wrong_count": count}
 
 
 def greedy_accuracy(

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT, run_cli, train_in_process
-from envs import ANS, MEMORY_STAGES, NUM_STAGES, ToolMachineEnv
+from envs import ADD, ANS, MEMORY_STAGES, MUL, NUM_STAGES, ToolMachineEnv
 from envs.analysis import memory_required_contexts
 from envs.machine import ACTION_NAMES, MachineState, apply_tool, stage_target
 
@@ -357,3 +357,23 @@ def test_the_report_tells_answers_by_a_program_from_lucky_ones():
     assert (report["2"]["accuracy"], report["2"]["program_accuracy"]) == (0.75, 0.5)
     assert (report["4op"]["accuracy"], report["4op"]["program_accuracy"]) == (1.0, 0.5)
     assert "program_accuracy" not in report["seed"]  # other rules: the check does not apply
+
+
+def test_pattern_report_names_the_oracle_program_and_the_most_frequent_wrong_tools():
+    from envs.oracle import compile_expression
+    from rllib_app.evaluate import Episode, pattern_report
+
+    def episode(tokens, tools, correct):
+        return Episode(stage=5, digits=tokens, target=0, actions=tools, answered=True, answer=0, correct=correct,
+                       episode_return=float(correct))
+
+    store = list(compile_expression((ADD, MUL)))  # a + b*c: MUL STO MUL MUL RCL ADD ANS
+    fold = [MUL, ADD, MUL, ANS]  # (a + b)*c, the left fold
+    rows = {"2op": [episode((2, 11, 3, 10, 4), store, True), episode((5, 11, 6, 10, 7), fold, False),
+                    episode((1, 11, 2, 10, 3), fold, False), episode((1, 11, 2, 10, 9), [ADD, ANS], False),
+                    episode((2, 10, 3, 11, 4), [MUL, MUL, ADD, ANS], True)]}
+    first, second = pattern_report(rows)["2op"]
+    assert first == {"pattern": "a + b*c", "needs_memory": True, "accuracy": 0.25, "episodes": 4,
+                     "program": "MUL STO MUL MUL RCL ADD ANS", "wrong_tools": "MUL ADD MUL ANS", "wrong_count": 2}
+    assert second["pattern"] == "a*b + c" and second["accuracy"] == 1.0
+    assert second["wrong_tools"] is None and second["wrong_count"] == 0
