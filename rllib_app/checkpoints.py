@@ -31,6 +31,19 @@ from typing import Any
 
 #: Where, inside an algorithm checkpoint, RLlib keeps the module.
 MODULE_SUBDIR = pathlib.Path("learner_group", "learner", "rl_module", "default_policy")
+
+
+def saved_stage_rows(checkpoint: pathlib.Path) -> list[int] | None:
+    """The ``stage_embedding_rows`` (one per stage the module reads) of the module saved in
+    ``checkpoint``, read from RLlib's constructor arguments; None if they cannot be read."""
+    import pickle
+
+    try:
+        with open(pathlib.Path(checkpoint) / MODULE_SUBDIR / "class_and_ctor_args.pkl", "rb") as f:
+            _, kwargs = pickle.load(f)["ctor_args_and_kwargs"]
+        return [int(r) for r in kwargs["model_config"]["stage_embedding_rows"]]
+    except Exception:  # not there, or not ours: the restore itself will say what is wrong
+        return None
 #: Our sidecar with the env settings a checkpoint was trained with.
 RUN_INFO_FILE = "toolagent.json"
 #: Default of ``--keep-checkpoints``: complete checkpoints kept under ``checkpoints/``.

@@ -28,7 +28,7 @@ import sys
 from envs import NUM_STAGES, SPEC_STAGES
 from envs.machine import EXPRESSION_OPERATORS, MAX_OPERATORS
 from rllib_app import ablate, bench, sweep
-from rllib_app.checkpoints import CheckpointError, read_run_info, resolve_checkpoint
+from rllib_app.checkpoints import CheckpointError, read_run_info, resolve_checkpoint, saved_stage_rows
 from rllib_app.config import TrainConfig, UsageError
 
 
@@ -172,6 +172,12 @@ def _resumed_config(run_dir: str, argv: list[str]) -> tuple[TrainConfig, pathlib
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     # the run directory, also when given the checkpoint itself (DIR/checkpoints/iter_N)
     output = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else pathlib.Path(run_dir)
+    rows = saved_stage_rows(checkpoint)
+    if rows is not None and len(rows) != NUM_STAGES:
+        # its stage embedding has a row per stage it knew: the weights would not load
+        raise UsageError(f"--resume {run_dir!r}: its module reads stages 0..{len(rows) - 1}, this toolagent's "
+                         f"0..{NUM_STAGES - 1} (stages were added since), so its weights do not load here; "
+                         "start the run anew, or resume it with the toolagent version that trained it")
     cfg = TrainConfig(**{**{k: v for k, v in saved.items() if k in names}, "output": str(output), **vars(typed)})
     return cfg.validate(), checkpoint
 

@@ -106,3 +106,25 @@ def test_a_checkpoint_module_older_than_a_stage_is_a_usage_error():
     with pytest.raises(UsageError, match=r"reads stages 0\.\.9 \(it predates the later ones\); got \[10, 11\]"):
         _check_stages([2, 11, 10], {}, older)
     _check_stages([10, 11], {}, types.SimpleNamespace(model_config={"stage_embedding_rows": list(range(12))}))
+
+
+def test_resuming_a_run_whose_module_predates_a_stage_is_a_usage_error(tmp_path):
+    """Its stage embedding has one row per stage it knew: say so, not a state_dict traceback."""
+    import json
+    import pickle
+
+    from envs import NUM_STAGES
+    from rllib_app.checkpoints import MODULE_SUBDIR, saved_stage_rows
+
+    module_dir = tmp_path / "run" / "checkpoint" / MODULE_SUBDIR
+    module_dir.mkdir(parents=True)
+    rows = [0, 1, 2, 3, 4, 5, 5, 5, 5, 5, 6, 7]
+    with open(module_dir / "class_and_ctor_args.pkl", "wb") as f:
+        pickle.dump({"class": None, "ctor_args_and_kwargs": ((), {"model_config": {"stage_embedding_rows": rows}})}, f)
+    (tmp_path / "run" / "checkpoint" / "toolagent.json").write_text(json.dumps({"train_config": {"algo": "a2c"}}))
+    assert saved_stage_rows(tmp_path / "run" / "checkpoint") == rows
+    proc = run_cli("train", "--resume", str(tmp_path / "run"), "--max-minutes", "1")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert (f"its module reads stages 0..11, this toolagent's 0..{NUM_STAGES - 1} (stages were added since)"
+            in proc.stderr)
+    assert saved_stage_rows(tmp_path) is None  # not a checkpoint: the restore says what is wrong
