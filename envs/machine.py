@@ -69,6 +69,11 @@ def pattern_operators(code: int) -> tuple[int, ...]:
     return tuple(ARITHMETIC[index // 3**i % 3] for i in range(k))
 
 
+def program_text(tools: Sequence[int]) -> str:
+    """Tools as the names a reader knows: ``(MUL, ADD, ANS)`` -> ``"MUL ADD ANS"``."""
+    return " ".join(ACTION_NAMES[t] for t in tools)
+
+
 def pattern_text(operators: Sequence[int]) -> str:
     """An operator pattern as an expression over letters: ``(ADD, MUL)`` -> ``"a + b*c"``."""
     letters = "abcdefghijklmnopqrstuvwxyz"

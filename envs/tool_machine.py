@@ -236,8 +236,9 @@ class ToolMachineEnv(gym.Env):
 
     Stages 0-2 are the spec's; 3 (``a-b*c``), 4 (``a*b-c*d``), 10 (``a+b*c``), 11
     (``a*b+c*d``), 12 (``a+b-c*d``) and 13 (``a-b+c*d``) are memory drills for the
-    ``exact`` variant: shorter programs that already need ``STO``/``RCL``; 5-9 are the expression stages (``EXPRESSION_OPERATORS``:
-    1-2, 3, 4, 5 and 6 operators), whose program depends on the operators read.
+    ``exact`` variant: shorter programs that already need ``STO``/``RCL``; 5-9 are the
+    expression stages (``EXPRESSION_OPERATORS``: 1-2, 3, 4, 5 and 6 operators), whose
+    program depends on the operators read.
 
     Args:
         config: RLlib's ``env_config`` (or any mapping) with optional keys

@@ -31,19 +31,8 @@ from typing import Any
 
 #: Where, inside an algorithm checkpoint, RLlib keeps the module.
 MODULE_SUBDIR = pathlib.Path("learner_group", "learner", "rl_module", "default_policy")
-
-
-def saved_stage_rows(checkpoint: pathlib.Path) -> list[int] | None:
-    """The ``stage_embedding_rows`` (one per stage the module reads) of the module saved in
-    ``checkpoint``, read from RLlib's constructor arguments; None if they cannot be read."""
-    import pickle
-
-    try:
-        with open(pathlib.Path(checkpoint) / MODULE_SUBDIR / "class_and_ctor_args.pkl", "rb") as f:
-            _, kwargs = pickle.load(f)["ctor_args_and_kwargs"]
-        return [int(r) for r in kwargs["model_config"]["stage_embedding_rows"]]
-    except Exception:  # not there, or not ours: the restore itself will say what is wrong
-        return None
+#: RLlib's file there with the module's class and constructor arguments.
+MODULE_CTOR_FILE = "class_and_ctor_args.pkl"
 #: Our sidecar with the env settings a checkpoint was trained with.
 RUN_INFO_FILE = "toolagent.json"
 #: Default of ``--keep-checkpoints``: complete checkpoints kept under ``checkpoints/``.
@@ -193,7 +182,7 @@ def resolve_checkpoint(path: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.
             "or its 'checkpoint' link, which point at the latest complete one"
         )
     for root in (p, p / "checkpoint"):
-        if (root / MODULE_SUBDIR / "class_and_ctor_args.pkl").is_file():
+        if (root / MODULE_SUBDIR / MODULE_CTOR_FILE).is_file():
             # absolute: RLlib hands the path to pyarrow, which wants a URI or an absolute path
             root = root.resolve()
             return root, root / MODULE_SUBDIR
@@ -201,6 +190,19 @@ def resolve_checkpoint(path: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.
         f"{str(path)!r} is not a toolagent checkpoint (no {MODULE_SUBDIR} inside); pass a "
         "directory written by 'toolagent train', e.g. runs/train or runs/train/checkpoint"
     )
+
+
+def saved_stage_rows(checkpoint: pathlib.Path) -> list[int] | None:
+    """The ``stage_embedding_rows`` (one per stage the module reads) of the module saved in
+    ``checkpoint``, read from RLlib's constructor arguments; None if they cannot be read."""
+    import pickle
+
+    try:
+        with open(pathlib.Path(checkpoint) / MODULE_SUBDIR / MODULE_CTOR_FILE, "rb") as f:
+            _, kwargs = pickle.load(f)["ctor_args_and_kwargs"]
+        return [int(r) for r in kwargs["model_config"]["stage_embedding_rows"]]
+    except Exception:  # not there, or not ours: the restore itself will say what is wrong
+        return None
 
 
 def read_run_info(checkpoint_dir: pathlib.Path) -> dict[str, Any]:

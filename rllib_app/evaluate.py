@@ -51,7 +51,7 @@ import pyarrow.parquet as pq
 
 from envs import ACTION_NAMES, MEMORY_STAGES, SPEC_STAGES
 from envs.analysis import ProgramCheck
-from envs.machine import OPERATOR_STAGE, needs_memory, pattern_text
+from envs.machine import OPERATOR_STAGE, needs_memory, pattern_text, program_text
 from envs.oracle import compile_expression
 from envs.tool_machine import CONTEXT_LEN, PAD_TOKEN, read_context
 from envs.vector_tool_machine import ToolMachineVectorEnv
@@ -290,11 +290,11 @@ def pattern_report(rows: dict[str, list[Episode]]) -> dict[str, list[dict[str, A
 
 
 def _pattern_entry(operators: tuple[int, ...], episodes: list[Episode]) -> dict[str, Any]:
-    wrong = Counter(" ".join(ACTION_NAMES[a] for a in e.actions) for e in episodes if not e.correct)
+    wrong = Counter(program_text(e.actions) for e in episodes if not e.correct)
     tools, count = wrong.most_common(1)[0] if wrong else (None, 0)
     return {"pattern": pattern_text(operators), "needs_memory": needs_memory(operators),
             "accuracy": float(np.mean([e.correct for e in episodes])), "episodes": len(episodes),
-            "program": " ".join(ACTION_NAMES[a] for a in compile_expression(operators)),
+            "program": program_text(compile_expression(operators)),
             "wrong_tools": tools, "wrong_count": count}
 
 

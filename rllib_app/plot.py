@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from envs import ACTION_NAMES, MEMORY_STAGES, NUM_STAGES, SPEC_STAGES
-from envs.machine import EXPRESSION_OPERATORS
+from envs.machine import EXPRESSION_OPERATORS, program_text
 from rllib_app.checkpoints import CheckpointError, resolve_checkpoint
 from rllib_app.config import TrainConfig, UsageError
 from rllib_app.evaluate import EVAL_SEED_OFFSET, load_module, rollout
@@ -134,7 +134,7 @@ def action_mix(run: Run, episodes: int = 200) -> dict[int, dict[str, Any]] | Non
             "tokens": {name: tokens.get(name, 0) for name in ACTION_NAMES},
             "episodes": len(eps),
             "accuracy": sum(e.correct for e in eps) / len(eps),
-            "programs": Counter(" ".join(ACTION_NAMES[a] for a in e.actions) for e in eps),
+            "programs": Counter(program_text(e.actions) for e in eps),
         }
     return mix
 
