@@ -216,6 +216,16 @@ def a2c_loss(
     }
 
 
+def bumped_entropy(base: float, timestep: int, starts: list[int], peak: float, decay_steps: int) -> float:
+    """The entropy coefficient ``base`` (the schedule's), raised to ``peak`` at each bump's
+    start env step and decaying linearly back to ``base`` over ``decay_steps``."""
+    value = base
+    for start in starts:
+        if start <= timestep < start + decay_steps:
+            value = max(value, peak - (peak - base) * (timestep - start) / decay_steps)
+    return value
+
+
 class A2CLearner(TorchLearner):
     """Adds value targets in the learner connector; computes ``a2c_loss``."""
 
@@ -223,6 +233,10 @@ class A2CLearner(TorchLearner):
     def build(self) -> None:
         super().build()
         self._entropy_schedulers: dict[str, Scheduler] = {}
+        #: env steps sampled at the last update, and where entropy bumps started
+        #: (``set_entropy_bumps``, from the driver's curriculum)
+        self._timestep = 0
+        self._entropy_bump_starts: list[int] = []
         if self._learner_connector is not None and self.config.add_default_connectors_to_learner_pipeline:
             # One artificial step per episode chunk so V can bootstrap the return of a
             # chunk that did not end; the loss mask excludes it.
@@ -246,13 +260,28 @@ class A2CLearner(TorchLearner):
                 framework=self.framework,
                 device=self._device,
             )
-        return self._entropy_schedulers[module_id].get_current_value()
+        return self._bumped(float(self._entropy_schedulers[module_id].get_current_value()))
+
+    def set_entropy_bumps(self, starts: list[int], timestep: int) -> None:
+        """Entropy bumps start at these env steps (``learner_config_dict``'s
+        ``entropy_bump`` peak, ``entropy_bump_steps`` long); ``timestep``: env steps
+        sampled so far (a restored learner has not seen an update yet)."""
+        self._entropy_bump_starts = [int(s) for s in starts]
+        self._timestep = max(self._timestep, int(timestep))
+
+    def _bumped(self, base: float) -> float:
+        if not self._entropy_bump_starts:
+            return base
+        extra = self.config.learner_config_dict
+        return bumped_entropy(base, self._timestep, self._entropy_bump_starts,
+                              extra["entropy_bump"], extra["entropy_bump_steps"])
 
     @override(TorchLearner)
     def after_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
         super().after_gradient_based_update(timesteps=timesteps)
+        self._timestep = int(timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0))
         for module_id, scheduler in self._entropy_schedulers.items():
-            value = scheduler.update(timestep=timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0))
+            value = self._bumped(scheduler.update(timestep=self._timestep))
             self.metrics.log_value((module_id, "entropy_coeff"), value, window=1)
 
     @override(TorchLearner)

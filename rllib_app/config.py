@@ -199,6 +199,13 @@ class TrainConfig:
         "the last (e.g. 0:0.05,300000:0.01); empty: --entropy-coeff throughout",
         per_algo={"a2c": "0:0.08,500000:0.02"},
     )
+    stall_entropy: float = flag(
+        0.0, "a2c: when the current stage's greedy accuracy has not beaten its best by 0.01 for "
+        "--stall-evaluations evaluations, raise the entropy coefficient to this, decaying back to the schedule "
+        "over --stall-decay-steps env steps (0: never)", minimum=0,
+    )
+    stall_evaluations: int = flag(10, "evaluations (--eval-interval apart) without a new best that make a stall", minimum=1)
+    stall_decay_steps: int = flag(500_000, "env steps an entropy bump decays over; the next waits for its end", minimum=1)
     vf_loss_coeff: float = flag(0.5, "value loss coefficient", minimum=0)
     gae_lambda: float = flag(1.0, "a2c/ppo: GAE lambda (1.0: n-step returns bootstrapped from V)", minimum=0, maximum=1)
     standardize_advantages: bool = flag(True, "a2c: standardise each batch's advantages")
@@ -293,6 +300,8 @@ class TrainConfig:
                 )
         if self.promote_on == "greedy" and self.schedule != "threshold":
             raise UsageError(f"--promote-on greedy promotes on the threshold schedule; --schedule is {self.schedule!r}")
+        if self.stall_entropy and self.algo != "a2c":
+            raise UsageError(f"--stall-entropy raises a2c's entropy coefficient; --algo is {self.algo!r} (use a2c, or drop it)")
         if self.context_attention and self.context_encoder == "concat":
             raise UsageError("--context-attention attends over the context GRU's outputs; add --context-encoder gru (or bigru)")
         if self.attention_projections and not self.context_attention:
@@ -352,6 +361,8 @@ class TrainConfig:
             progress_episodes=self.progress_episodes,
             pattern_focus=self.pattern_focus,
             pattern_window=self.pattern_window,
+            stall_evaluations=self.stall_evaluations if self.stall_entropy else 0,
+            stall_decay_steps=self.stall_decay_steps,
         )
 
     def entropy(self) -> float | list[list[float]]:
@@ -402,6 +413,8 @@ class TrainConfig:
             "sil_priority_alpha": self.sil_priority_alpha,
             "sil_join_chunks": self.sil_join_chunks,
             "sil_program_check": self.sil_program_check,
+            "entropy_bump": self.stall_entropy,
+            "entropy_bump_steps": self.stall_decay_steps,
         }
 
     # -- command line --------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from envs import MEMORY_STAGES, NUM_STAGES
 from rllib_app.checkpoints import write_parquet_atomic
 
 GREEDY_ROWS = tuple(r for s in range(NUM_STAGES) for r in ((str(s), f"{s}m") if s in MEMORY_STAGES else (str(s),)))
-LOSSES = ("policy_loss", "vf_loss", "entropy", "sil_policy_loss", "sil_replay_size")
+LOSSES = ("policy_loss", "vf_loss", "entropy", "entropy_coeff", "sil_policy_loss", "sil_replay_size")
 
 METRICS_SCHEMA = pa.schema(
     [

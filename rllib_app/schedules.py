@@ -56,6 +56,12 @@ class CurriculumSettings:
     pattern_focus: float = 0.0
     #: expression stages: episodes of a pattern its recent error is averaged over.
     pattern_window: int = 50
+    #: entropy bumps: greedy evaluations of the current stage in a row without a new best
+    #: (by ``stall_min_gain``) that make a stall and start a bump; 0: never.
+    stall_evaluations: int = 0
+    stall_min_gain: float = 0.01
+    #: env steps a bump lasts; none starts before the last one has ended.
+    stall_decay_steps: int = 500_000
 
 
 @dataclass
@@ -73,6 +79,10 @@ class Curriculum:
     _points: dict = field(default_factory=lambda: {s: [] for s in range(NUM_STAGES)})
     #: pattern focus: decayed (episodes, correct) per pattern number.
     _patterns: dict = field(default_factory=dict)
+    #: (iteration, env steps, stage) where each entropy bump started, oldest first.
+    entropy_bumps: list = field(default_factory=list)
+    #: stall detection: [stage, best greedy accuracy, evaluations since that best].
+    _stall: list = field(default_factory=lambda: [None, 0.0, 0])
 
     def __post_init__(self):
         self.stage = self.stages()[0]
@@ -241,6 +251,34 @@ class Curriculum:
         self._enter(cfg.path[position + 1])
         return True
 
+    def observe_stall(self, accuracy: dict[str, float], env_steps: int) -> bool:
+        """Record an evaluation's greedy ``{row: accuracy}`` for stall detection. True when
+        the current stage has gone ``stall_evaluations`` evaluations without beating its
+        best (since it began, or since the last bump) by ``stall_min_gain`` and the last
+        bump is over: an entropy bump starts at ``env_steps`` (``entropy_bumps``).
+
+        Why: a policy stuck in a shortcut (a fold where it should store) is nearly
+        deterministic there; more entropy makes it sample the other programs again."""
+        cfg = self.settings
+        value = accuracy.get(str(self.stage))
+        if not cfg.stall_evaluations or value is None:
+            return False
+        stage, best, since = self._stall
+        if stage != self.stage or value >= best + cfg.stall_min_gain:
+            self._stall = [self.stage, value, 0]
+            return False
+        self._stall[2] = since = since + 1
+        last_end = self.entropy_bumps[-1][1] + cfg.stall_decay_steps if self.entropy_bumps else 0
+        if since < cfg.stall_evaluations or env_steps < last_end:
+            return False
+        self.entropy_bumps.append((self.iteration, int(env_steps), self.stage))
+        self._stall = [self.stage, value, 0]
+        return True
+
+    def bump_starts(self) -> list[int]:
+        """The env steps each entropy bump started at, as the learners take them."""
+        return [steps for _, steps, _ in self.entropy_bumps]
+
     def get_state(self) -> dict[str, Any]:
         return {
             "settings": asdict(self.settings),
@@ -251,6 +289,8 @@ class Curriculum:
             "pending": {str(s): list(v) for s, v in self._pending.items()},
             "points": {str(s): [list(x) for x in v] for s, v in self._points.items()},
             "patterns": {str(code): list(v) for code, v in self._patterns.items()},
+            "entropy_bumps": [list(b) for b in self.entropy_bumps],
+            "stall": list(self._stall),
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -264,3 +304,5 @@ class Curriculum:
         self._pending = {s: list(state.get("pending", {}).get(str(s), [0, 0])) for s in range(NUM_STAGES)}
         self._points = {s: [tuple(x) for x in state.get("points", {}).get(str(s), [])] for s in range(NUM_STAGES)}
         self._patterns = {int(code): tuple(v) for code, v in state.get("patterns", {}).items()}
+        self.entropy_bumps = [tuple(b) for b in state.get("entropy_bumps", [])]
+        self._stall = list(state.get("stall", [None, 0.0, 0]))

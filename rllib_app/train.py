@@ -160,6 +160,13 @@ def _format_accuracy(values: dict[str, Any]) -> str:
     return " ".join(f"s{k} {'  -  ' if v is None else f'{v:.3f}'}" for k, v in values.items())
 
 
+def push_entropy_bumps(algo, curriculum, env_steps: int) -> None:
+    """Tell every learner where the curriculum's entropy bumps started."""
+    starts = curriculum.bump_starts()
+    for result in algo.learner_group.foreach_learner(lambda learner: learner.set_entropy_bumps(starts, env_steps)):
+        result.get()
+
+
 def iteration_metrics(cfg: TrainConfig, result: dict, env_steps: int, seconds: float) -> dict[str, Any]:
     """The flat per-iteration metrics ``toolagent tune`` reports (and ASHA ranks).
 
@@ -206,6 +213,9 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
     if resume_from is not None:
         algo.restore_from_path(str(pathlib.Path(resume_from).resolve()))
         earlier_seconds = float(read_run_info(pathlib.Path(resume_from)).get("progress", {}).get("wall_seconds", 0.0))
+        if curriculum.entropy_bumps:  # the learners keep only their schedule's state
+            push_entropy_bumps(algo, curriculum, int(algo.metrics.peek(
+                ("env_runners", "num_env_steps_sampled_lifetime"), default=0)))
 
     history = MetricsHistory(output, resume_after=algo.training_iteration if resume_from is not None else None)
     stages = cfg.trained_stages()
@@ -264,6 +274,10 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
                     display.event(f"eval @ iter {iteration}: greedy accuracy {_format_accuracy(greedy)}")
                     if curriculum.observe_greedy(greedy):  # --promote-on greedy
                         curriculum_callback.push(algo)
+                    if curriculum.observe_stall(greedy, env_steps):  # --stall-entropy
+                        push_entropy_bumps(algo, curriculum, env_steps)
+                        display.event(f"stage {curriculum.stage} stalled: entropy coefficient raised to "
+                                      f"{cfg.stall_entropy:g} from {env_steps:,} env steps")
                 # a promotion on the sampled accuracy (in algo.train()) or on this evaluation's
                 if len(curriculum.promotions) > shown_promotions and cfg.schedule != "progress":
                     display.event(f"stage {curriculum.stage} from iteration {iteration} ({env_steps:,} env steps)")
@@ -317,6 +331,7 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
         "variant": cfg.variant,
         "seed": cfg.seed,
         "promotions": [{"iteration": i, "stage": s} for i, s in curriculum.promotions],
+        "entropy_bumps": [{"iteration": i, "env_steps": n, "stage": s} for i, n, s in curriculum.entropy_bumps],
         "placement": where,
         "config": dataclasses.asdict(cfg),
     }

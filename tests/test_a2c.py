@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rllib_app.a2c import a2c_loss
+from rllib_app.a2c import a2c_loss, bumped_entropy
 
 
 def test_a2c_loss_matches_a_hand_computation_and_ignores_padding():
@@ -71,3 +71,13 @@ def test_a2c_takes_its_measured_defaults_unless_a_flag_overrides_them():
     assert given.num_envs_per_env_runner == 8 and not given.step_limit_terminates and given.entropy() == 0.03
     assert not given.fast_env_runner
     assert TrainConfig(algo="a2c").num_envs_per_env_runner == 64  # in Python too
+
+
+def test_an_entropy_bump_jumps_to_its_peak_and_decays_back_to_the_schedule():
+    starts = [1000, 5000]
+    assert bumped_entropy(0.02, 999, starts, 0.08, 2000) == 0.02
+    assert bumped_entropy(0.02, 1000, starts, 0.08, 2000) == pytest.approx(0.08)
+    assert bumped_entropy(0.02, 2000, starts, 0.08, 2000) == pytest.approx(0.05)
+    assert bumped_entropy(0.02, 3000, starts, 0.08, 2000) == 0.02
+    assert bumped_entropy(0.1, 1500, starts, 0.08, 2000) == 0.1  # never below the schedule
+    assert bumped_entropy(0.02, 5500, starts, 0.08, 2000) == pytest.approx(0.065)

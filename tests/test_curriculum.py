@@ -47,6 +47,33 @@ def test_greedy_promotion_waits_for_the_evaluation_of_the_current_stage():
     assert not cur.observe_greedy({"2": 1.0, "2m": 1.0})  # the last stage stays
 
 
+def test_a_stage_stalls_after_evaluations_without_a_new_best_and_bumps_wait_for_the_last_to_end():
+    cur = Curriculum(CurriculumSettings(path=(0, 5), promote_on="greedy", promotion_accuracy=0.99,
+                                        stall_evaluations=3, stall_min_gain=0.01, stall_decay_steps=1000))
+    assert not cur.observe_stall({"0": 0.50}, 100)  # the stage's first evaluation sets its best
+    assert not cur.observe_stall({"0": 0.51}, 200)  # 1: +0.01 over the best is a new best
+    assert not cur.observe_stall({"0": 0.515}, 300)  # 1 without
+    assert not cur.observe_stall({"5": 0.1}, 400)  # 1: another stage's row does not count
+    assert not cur.observe_stall({"0": 0.40}, 500)  # 2
+    assert cur.observe_stall({"0": 0.519}, 600)  # 3 without a new best: a stall
+    assert cur.entropy_bumps == [(0, 600, 0)] and cur.bump_starts() == [600]
+    for steps in (700, 800, 900, 1000, 1500):  # counted afresh; the bump runs until 1600
+        assert not cur.observe_stall({"0": 0.5}, steps)
+    assert cur.observe_stall({"0": 0.5}, 1600)
+    assert cur.observe_greedy({"0": 0.99}) and cur.stage == 5
+    assert not any(cur.observe_stall({"5": 0.2}, 3000 + i) for i in range(3))  # the new stage starts afresh
+    assert cur.observe_stall({"5": 0.2}, 3100)
+    assert cur.bump_starts() == [600, 1600, 3100]
+    other = Curriculum(cur.settings)
+    other.set_state(cur.get_state())
+    assert other.entropy_bumps == cur.entropy_bumps and other._stall == cur._stall
+
+
+def test_no_stall_without_stall_evaluations():
+    cur = Curriculum(CurriculumSettings())
+    assert not any(cur.observe_stall({"0": 0.1}, i) for i in range(50)) and cur.entropy_bumps == []
+
+
 def test_greedy_accuracy_does_not_promote_on_the_sampled_setting():
     cur = Curriculum(CurriculumSettings(window=10))
     assert not cur.observe_greedy({"0": 1.0})

@@ -127,6 +127,30 @@ def test_greedy_promotion_moves_the_stage_at_an_evaluation(local_ray, tmp_path):
     assert after["sampled_accuracy_1"] is not None and at[first]["sampled_accuracy_1"] is None
 
 
+def test_a_stall_raises_the_learners_entropy_coefficient_and_a_resume_keeps_it(local_ray, tmp_path):
+    """--stall-entropy: the evaluation that finds a stall starts a bump on the learner
+    (its logged coefficient jumps from the schedule's to the peak), and a resumed run's
+    learner gets the bump back from the checkpointed curriculum."""
+    import pyarrow.parquet as pq
+
+    fields = dict(algo="a2c", stage_path="2", stall_entropy=0.5, stall_evaluations=1, stall_decay_steps=10**7,
+                  entropy_schedule="0:0.01", eval_interval=1, min_iteration_seconds=0, seed=0,
+                  num_env_runners=0, **SMALL)
+    summary = train_in_process(tmp_path / "a", max_iterations=3, **fields)
+    assert summary["entropy_bumps"], summary["accuracy"]
+    bump = summary["entropy_bumps"][0]
+    # iteration 1's evaluation sets the stage's best (near 0), iteration 2's does not beat it
+    assert bump["stage"] == 2 and bump["iteration"] == 2, summary["entropy_bumps"]
+    coeff = {r["iteration"]: r["entropy_coeff"] for r in pq.read_table(tmp_path / "a" / "metrics.parquet").to_pylist()}
+    assert coeff[1] == coeff[2] == pytest.approx(0.01) and coeff[3] == pytest.approx(0.5, abs=1e-3)
+    from rllib_app.config import TrainConfig
+    from rllib_app.train import train
+
+    train(TrainConfig(output=str(tmp_path / "b"), max_iterations=5, **fields), resume_from=summary["checkpoint"])
+    rows = pq.read_table(tmp_path / "b" / "metrics.parquet").to_pylist()
+    assert rows[-1]["iteration"] == 5 and rows[-1]["entropy_coeff"] == pytest.approx(0.5, abs=1e-3)
+
+
 def _build(cfg):
     from rllib_app.algorithms import build_config
 

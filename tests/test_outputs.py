@@ -57,7 +57,7 @@ METRICS_COLUMNS = [
     ("env_runner_restarts", pa.int64()),
     *[(f"sampled_accuracy_{s}", pa.float64()) for s in range(NUM_STAGES)],
     *[(f"greedy_accuracy_{r}", pa.float64()) for r in GREEDY_ROWS],
-    *[(name, pa.float64()) for name in ("policy_loss", "vf_loss", "entropy", "sil_policy_loss", "sil_replay_size")],
+    *[(name, pa.float64()) for name in ("policy_loss", "vf_loss", "entropy", "entropy_coeff", "sil_policy_loss", "sil_replay_size")],
 ]
 ITERATIONS, STEPS_PER_ITER, EVAL_EVERY = 30, 1000, 5
 PROMOTIONS = [{"iteration": 8, "stage": 1}, {"iteration": 16, "stage": 2}]
@@ -78,7 +78,7 @@ def synthetic_metrics() -> pa.Table:
             row[f"greedy_accuracy_{r}"] = (
                 min(1.0, max(0.0, 0.12 * (i - 8 * s))) if i % EVAL_EVERY == 0 and s <= 2 else None
             )
-        row.update(policy_loss=0.1, vf_loss=0.2, entropy=1.5, sil_policy_loss=None, sil_replay_size=None)
+        row.update(policy_loss=0.1, vf_loss=0.2, entropy=1.5, entropy_coeff=0.01, sil_policy_loss=None, sil_replay_size=None)
         rows.append(row)
     return pa.Table.from_pylist(rows, schema=pa.schema(METRICS_COLUMNS))
 
