@@ -29,6 +29,10 @@ stage 2 on seed 0 (0.29 / 0.00 at 220k env steps, where two solve it at 105k)) o
 
 averaged over the real (unpadded) steps, with ``A = R - V(s)`` (optionally
 standardised over the batch); then sync the weights to the env runners.
+
+``overlap_sampling=True`` (with remote env runners): the runners sample the next batch
+while the learner learns on this one, so the learner's weights are one update ahead of
+the ones that sampled its batch (no importance correction: one update is a small step).
 """
 
 from __future__ import annotations
@@ -84,6 +88,8 @@ class A2CConfig(AlgorithmConfig):
         # Build the learner batch in bulk (rllib_app.learner_batch): the same batch as
         # RLlib's per-item pipeline, in a fraction of the time.
         self.bulk_learner_batch = True
+        # Remote env runners sample the next batch while the learner learns on this one.
+        self.overlap_sampling = False
 
     @override(AlgorithmConfig)
     def training(
@@ -94,13 +100,17 @@ class A2CConfig(AlgorithmConfig):
         entropy_coeff: Any = NotProvided,
         standardize_advantages: bool = NotProvided,
         bulk_learner_batch: bool = NotProvided,
+        overlap_sampling: bool = NotProvided,
         **kwargs,
     ) -> A2CConfig:
         """``lambda_``: GAE lambda (1.0 = n-step returns); ``vf_loss_coeff``;
         ``entropy_coeff`` (number or schedule); ``standardize_advantages``: scale
         the batch's advantages to zero mean and unit std before the policy term;
         ``bulk_learner_batch``: build the learner batch with ``BulkValueTargetBatch``
-        (the same batch as RLlib's pipeline, faster; RLlib's for what it does not handle)."""
+        (the same batch as RLlib's pipeline, faster; RLlib's for what it does not handle);
+        ``overlap_sampling``: remote env runners sample the next batch while the learner
+        learns on the last one, so each batch comes from the weights one update before
+        the learner's (without remote runners, sampling stays synchronous)."""
         super().training(**kwargs)
         for name, value in (
             ("lambda_", lambda_),
@@ -108,6 +118,7 @@ class A2CConfig(AlgorithmConfig):
             ("entropy_coeff", entropy_coeff),
             ("standardize_advantages", standardize_advantages),
             ("bulk_learner_batch", bulk_learner_batch),
+            ("overlap_sampling", overlap_sampling),
         ):
             if value is not NotProvided:
                 setattr(self, name, value)
@@ -146,13 +157,14 @@ class A2C(Algorithm):
     @override(Algorithm)
     def training_step(self) -> None:
         with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
-            episodes, env_runner_results = synchronous_parallel_sample(
-                worker_set=self.env_runner_group,
-                max_env_steps=self.config.total_train_batch_size,
-                sample_timeout_s=self.config.sample_timeout_s,
-                _uses_new_env_runners=True,
-                _return_metrics=True,
-            )
+            overlap = self.config.overlap_sampling and self.env_runner_group.num_healthy_remote_workers() > 0
+            episodes, env_runner_results = self._overlapped_sample() if overlap else self._sample()
+            if overlap:
+                # Each runner takes it after the last update's weights and before this
+                # one's: the next iteration learns on a batch one update stale.
+                self.env_runner_group.foreach_env_runner_async(
+                    lambda runner: (runner.sample(), runner.get_metrics()), tag=_OVERLAPPED_SAMPLE
+                )
             if not episodes:
                 return
             self.metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
@@ -178,6 +190,28 @@ class A2C(Algorithm):
                 policies=set(learner_results[0].keys()) - {ALL_MODULES},
                 inference_only=True,
             )
+
+    def _sample(self) -> tuple[list, list]:
+        return synchronous_parallel_sample(
+            worker_set=self.env_runner_group,
+            max_env_steps=self.config.total_train_batch_size,
+            sample_timeout_s=self.config.sample_timeout_s,
+            _uses_new_env_runners=True,
+            _return_metrics=True,
+        )
+
+    def _overlapped_sample(self) -> tuple[list, list]:
+        """The batch the runners sampled during the last update; the first iteration's,
+        or one after a runner was lost (its request gone), sampled now."""
+        results = self.env_runner_group.fetch_ready_async_reqs(
+            tags=_OVERLAPPED_SAMPLE, timeout_seconds=self.config.sample_timeout_s
+        )
+        if len(results) < self.env_runner_group.num_healthy_remote_workers():
+            return self._sample()  # the episodes that did come back are one update staler: dropped
+        return [e for _, (eps, _) in results for e in eps], [m for _, (_, m) in results]
+
+
+_OVERLAPPED_SAMPLE = "a2c_overlapped_sample"
 
 
 def a2c_loss(

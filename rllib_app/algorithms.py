@@ -121,7 +121,7 @@ def _algorithm_config(cfg: TrainConfig):
     if cfg.algo == "a2c":
         config = A2CConfig(algo_class=ToolAgentA2C).training(
             vf_loss_coeff=cfg.vf_loss_coeff, lambda_=cfg.gae_lambda,
-            standardize_advantages=cfg.standardize_advantages,
+            standardize_advantages=cfg.standardize_advantages, overlap_sampling=cfg.overlap_sampling,
         )
         # Synchronous: each iteration samples exactly one batch, split over the envs.
         return config, SelfImitationA2CLearner, "auto"

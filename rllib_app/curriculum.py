@@ -119,7 +119,8 @@ class CurriculumCallback(RLlibCallback):
         if cur.settings.pattern_focus:  # the pattern weights follow every iteration's episodes
             cur.update_patterns(_pattern_counts(runners))
         if changed or cur.settings.pattern_focus:
-            self.push(algorithm)
+            # not waiting: a runner may be sampling the next batch (--overlap-sampling)
+            self.push(algorithm, wait=False)
         result["curriculum"] = {
             "stage": cur.stage,
             "stage_weights": cur.stage_weights(),
@@ -141,11 +142,14 @@ class CurriculumCallback(RLlibCallback):
             local_env_runner=False,
         )
 
-    def push(self, algorithm) -> list:
-        """Send the current stage weights to every env runner; returns their envs' weights."""
+    def push(self, algorithm, *, wait: bool = True) -> list:
+        """Send the current stage weights to every env runner; returns their envs' weights
+        (``wait=False``: the local runner's only; the remote runners apply them before
+        their next sample)."""
         weights, patterns = self.curriculum.stage_weights(), self.curriculum.pattern_weights()
         return algorithm.env_runner_group.foreach_env_runner(
-            lambda er: apply_stage_weights(er, weights, patterns), local_env_runner=True
+            lambda er: apply_stage_weights(er, weights, patterns), local_env_runner=True,
+            timeout_seconds=None if wait else 0.0,
         )
 
 

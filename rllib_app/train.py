@@ -273,7 +273,7 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
                     greedy = {k: v["accuracy"] for k, v in accuracy.items()}
                     display.event(f"eval @ iter {iteration}: greedy accuracy {_format_accuracy(greedy)}")
                     if curriculum.observe_greedy(greedy):  # --promote-on greedy
-                        curriculum_callback.push(algo)
+                        curriculum_callback.push(algo, wait=False)
                     if curriculum.observe_stall(greedy, env_steps):  # --stall-entropy
                         push_entropy_bumps(algo, curriculum, env_steps)
                         display.event(f"stage {curriculum.stage} stalled: entropy coefficient raised to "

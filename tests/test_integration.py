@@ -452,8 +452,8 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
 @pytest.mark.parametrize("num_env_runners", [1, 0])
 def test_a2c_with_one_step_iterations_repeats_exactly_from_its_seed(local_ray, num_env_runners):
     """--min-iteration-seconds 0: the curriculum moves after a fixed number of batches, so
-    the same seed gives the same run on a busy or a quiet machine (0 runners: --algo a2c's
-    default, sampling on the driver beside the learner)."""
+    the same seed gives the same run on a busy or a quiet machine (1 runner: --algo a2c's
+    default, sampling the next batch while the learner learns; 0: on the driver)."""
     from rllib_app.algorithms import MODULE_ID
     from rllib_app.config import TrainConfig
     from rllib_app.learner_batch import BulkValueTargetBatch
@@ -474,6 +474,36 @@ def test_a2c_with_one_step_iterations_repeats_exactly_from_its_seed(local_ray, n
     assert steps_a == steps_b and steps_a[0] < steps_a[1] < steps_a[2]
     for k in weights_a:
         np.testing.assert_array_equal(np.asarray(weights_a[k]), np.asarray(weights_b[k]))
+
+
+def test_overlapped_sampling_learns_each_batch_once_one_update_behind(local_ray):
+    """--overlap-sampling: with the weights held still (lr 0) the overlapped run sees the
+    very batches of the synchronous one, iteration by iteration; with learning, its first
+    update equals the synchronous one's (both sampled by the initial weights) and its
+    second differs (sampled by the initial weights again, not the first update's)."""
+    from rllib_app.algorithms import MODULE_ID, build_config
+    from rllib_app.config import TrainConfig
+
+    def run(overlap, lr):
+        cfg = TrainConfig(algo="a2c", num_env_runners=1, overlap_sampling=overlap, min_iteration_seconds=0, seed=5,
+                          **SMALL).validate()
+        algo = build_config(cfg).training(lr=lr).build_algo()
+        try:
+            out = []
+            for _ in range(3):
+                result = algo.train()
+                out.append((result["env_runners"]["num_env_steps_sampled_lifetime"],
+                            result["learners"][MODULE_ID]["policy_loss"],
+                            {k: np.asarray(v).copy() for k, v in algo.learner_group.get_weights()[MODULE_ID].items()}))
+            return out
+        finally:
+            algo.stop()
+
+    still_sync, still_overlap = run(False, 0.0), run(True, 0.0)
+    assert [(n, loss) for n, loss, _ in still_sync] == [(n, loss) for n, loss, _ in still_overlap]
+    sync, overlap = run(False, 2e-3), run(True, 2e-3)
+    same = [all(np.array_equal(a[2][k], b[2][k]) for k in a[2]) for a, b in zip(sync, overlap)]
+    assert same == [True, False, False]
 
 
 def test_pattern_focus_counts_patterns_and_reaches_a_remote_runners_envs(local_ray):
