@@ -392,6 +392,8 @@ def bench_rllib_training_row(algo: str, settings: BenchSettings, output: pathlib
 
     with _quiet(output / "train.log"):
         summary = train(cfg, on_iteration=on_iteration)
+    if summary["stopped_by"]:  # train() turned Ctrl-C/SIGTERM into an early end: end the bench too
+        raise KeyboardInterrupt(summary["stopped_by"])
     seconds = summary["wall_seconds"]
     return {
         "algo": cfg.algo, "config": f"toolagent train --algo {cfg.algo} defaults, " + " ".join(

@@ -220,3 +220,14 @@ def test_bench_usage_errors(args, expected):
     proc = run_cli("bench", *args, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert expected in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_training_ended_by_a_signal_ends_the_bench(tmp_path, monkeypatch):
+    """train() turns Ctrl-C/SIGTERM into an early, checkpointed end; the bench must not go
+    on to its next training (nor write a table from a cut-short one)."""
+    import rllib_app.train
+    from rllib_app.bench import BenchSettings, bench_rllib_training_row
+
+    monkeypatch.setattr(rllib_app.train, "train", lambda cfg, on_iteration: {"stopped_by": "SIGTERM"})
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        bench_rllib_training_row("a2c", BenchSettings(output=tmp_path), tmp_path)
