@@ -129,7 +129,7 @@ class TrainConfig:
     overlap_sampling: bool = flag(
         False, "a2c: the remote env runners sample the next batch while the learner learns on this one (each "
         "batch then comes from the weights one update behind the learner's); no effect with --num-env-runners 0. "
-        "Measured: iterations ~25%% shorter, stage 2 learned 3-4x slower or not at all (docs/benchmarks.md)",
+        "Measured on 2 cores: 7-13%% shorter iterations, stage 2 learned 3-4x slower or not at all (docs/benchmarks.md)",
     )
     fast_env_runner: bool = flag(
         False, "sample with ToolMachineEnvRunner (one batched torch forward per step, episode chunks built in "
