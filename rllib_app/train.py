@@ -213,9 +213,6 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
     if resume_from is not None:
         algo.restore_from_path(str(pathlib.Path(resume_from).resolve()))
         earlier_seconds = float(read_run_info(pathlib.Path(resume_from)).get("progress", {}).get("wall_seconds", 0.0))
-        if curriculum.entropy_bumps:  # the learners keep only their schedule's state
-            push_entropy_bumps(algo, curriculum, int(algo.metrics.peek(
-                ("env_runners", "num_env_steps_sampled_lifetime"), default=0)))
 
     history = MetricsHistory(output, resume_after=algo.training_iteration if resume_from is not None else None)
     stages = cfg.trained_stages()
@@ -234,6 +231,8 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
     iteration = algo.training_iteration
     # after a restore, RLlib's own lifetime counter continues from the checkpoint
     last_steps = int(algo.metrics.peek(("env_runners", "num_env_steps_sampled_lifetime"), default=0))
+    if curriculum.entropy_bumps:  # restored with the curriculum; the learners keep only their schedule
+        push_entropy_bumps(algo, curriculum, last_steps)
     last_time = time.time()
     display = ProgressDisplay()
     shown_promotions = len(curriculum.promotions)

@@ -143,10 +143,7 @@ def test_a_stall_raises_the_learners_entropy_coefficient_and_a_resume_keeps_it(l
     assert bump["stage"] == 2 and bump["iteration"] == 2, summary["entropy_bumps"]
     coeff = {r["iteration"]: r["entropy_coeff"] for r in pq.read_table(tmp_path / "a" / "metrics.parquet").to_pylist()}
     assert coeff[1] == coeff[2] == pytest.approx(0.01) and coeff[3] == pytest.approx(0.5, abs=1e-3)
-    from rllib_app.config import TrainConfig
-    from rllib_app.train import train
-
-    train(TrainConfig(output=str(tmp_path / "b"), max_iterations=5, **fields), resume_from=summary["checkpoint"])
+    train_in_process(tmp_path / "b", resume_from=summary["checkpoint"], max_iterations=5, **fields)
     rows = pq.read_table(tmp_path / "b" / "metrics.parquet").to_pylist()
     assert rows[-1]["iteration"] == 5 and rows[-1]["entropy_coeff"] == pytest.approx(0.5, abs=1e-3)
 
@@ -455,8 +452,8 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
 @pytest.mark.parametrize("num_env_runners", [1, 0])
 def test_a2c_with_one_step_iterations_repeats_exactly_from_its_seed(local_ray, num_env_runners):
     """--min-iteration-seconds 0: the curriculum moves after a fixed number of batches, so
-    the same seed gives the same run on a busy or a quiet machine (1 runner: --algo a2c's
-    default, sampling the next batch while the learner learns; 0: on the driver)."""
+    the same seed gives the same run on a busy or a quiet machine (0 runners: --algo a2c's
+    default, sampling on the driver beside the learner)."""
     from rllib_app.algorithms import MODULE_ID
     from rllib_app.config import TrainConfig
     from rllib_app.learner_batch import BulkValueTargetBatch
