@@ -196,6 +196,15 @@ class TrainConfig:
         "drawn in proportion to its recent sampled error (0: all patterns equally often)", minimum=0, maximum=1,
     )
     pattern_window: int = flag(50, "expression stages: episodes of a pattern its recent error is averaged over", minimum=1)
+    review: bool = flag(
+        False, "threshold schedule: once the last stage of --stage-path passes its promotion test, train on "
+        "every stage of the path (--review-focus) instead of the last one plus --replay-probability, so the "
+        "earlier stages do not drift while the last is learned",
+    )
+    review_focus: float = flag(
+        0.5, "--review: share of episodes drawn in proportion to each stage's recent sampled error (the rest "
+        "spread evenly over the path)", minimum=0, maximum=1,
+    )
     # -- optimisation ----------------------------------------------------------------------------
     lr: float = flag(2e-3, "learning rate", minimum=0, strict_min=True)
     entropy_coeff: float = flag(0.03, "entropy bonus coefficient", minimum=0)
@@ -308,6 +317,8 @@ class TrainConfig:
         if self.overlap_sampling and self.algo != "a2c":
             raise UsageError(f"--overlap-sampling overlaps a2c's remote env runners with its learner; --algo is "
                              f"{self.algo!r} (use a2c, or drop it)")
+        if self.review and self.schedule != "threshold":
+            raise UsageError(f"--review follows the threshold schedule's path; --schedule is {self.schedule!r}")
         if self.stall_entropy and self.algo != "a2c":
             raise UsageError(f"--stall-entropy raises a2c's entropy coefficient; --algo is {self.algo!r} (use a2c, or drop it)")
         if self.context_attention and self.context_encoder == "concat":
@@ -371,6 +382,8 @@ class TrainConfig:
             pattern_window=self.pattern_window,
             stall_evaluations=self.stall_evaluations if self.stall_entropy else 0,
             stall_decay_steps=self.stall_decay_steps,
+            review=self.review,
+            review_focus=self.review_focus,
         )
 
     def entropy(self) -> float | list[list[float]]:

@@ -62,6 +62,12 @@ class CurriculumSettings:
     stall_min_gain: float = 0.01
     #: env steps a bump lasts; none starts before the last one has ended.
     stall_decay_steps: int = 500_000
+    #: threshold schedule: once the path's last stage passes its promotion test, draw every
+    #: stage of the path (``review_weights``) instead of the last one and a replay.
+    review: bool = False
+    #: review: share of episodes given to the stages in proportion to their recent sampled
+    #: error; the rest is spread evenly.
+    review_focus: float = 0.5
 
 
 @dataclass
@@ -83,6 +89,8 @@ class Curriculum:
     entropy_bumps: list = field(default_factory=list)
     #: stall detection: [stage, best greedy accuracy, evaluations since that best].
     _stall: list = field(default_factory=lambda: [None, 0.0, 0])
+    #: the iteration the review began (``settings.review``), None before.
+    review_from: int | None = None
 
     def __post_init__(self):
         self.stage = self.stages()[0]
@@ -99,6 +107,8 @@ class Curriculum:
         progress schedule, the teacher's mix."""
         if self.settings.schedule == "progress":
             return self._progress_weights()
+        if self.review_from is not None:
+            return self._review_weights()
         weights = [0.0] * NUM_STAGES
         order = self.stages()
         earlier = order[: order.index(self.stage)]
@@ -130,7 +140,50 @@ class Curriculum:
         new_stage = self._next_stage()
         if new_stage != self.stage:
             self._enter(new_stage)
+        elif self.settings.promote_on == "sampled" and self._passed_sampled():
+            self._begin_review()
         return self.stage_weights() != before
+
+    def _passed_sampled(self) -> bool:
+        accuracy, episodes = self.windowed_accuracy(self.stage)
+        cfg = self.settings
+        return accuracy is not None and episodes >= cfg.window and accuracy >= cfg.promotion_accuracy
+
+    # -- review: every stage, once the path is done ------------------------------------------
+    def _begin_review(self) -> bool:
+        """Start the review if it is on, the last stage of the path is current and it has
+        not started yet; returns whether it started.
+
+        Why: while the last stage takes ``1 - replay_probability`` of the episodes, the
+        stages before it share the rest and drift (a 4-operator row from 0.997 to 0.915 in
+        20 iterations of stage 2, docs/benchmarks.md), so the path never has every stage
+        passed at once."""
+        cfg = self.settings
+        if not cfg.review or cfg.schedule != "threshold" or self.review_from is not None:
+            return False
+        if self.stage != cfg.path[-1]:
+            return False
+        self.review_from = self.iteration
+        return True
+
+    def stage_error(self, stage: int) -> float:
+        """A stage's recent sampled error, (failures + 1) / (episodes + 2): 0.5 unseen."""
+        recent = self._recent[stage]
+        n = sum(k for k, _ in recent)
+        c = sum(k for _, k in recent)
+        return (n - c + 1.0) / (n + 2.0)
+
+    def _review_weights(self) -> list[float]:
+        """Every stage of the path: ``1 - review_focus`` spread evenly, ``review_focus``
+        in proportion to each stage's recent sampled error."""
+        focus = self.settings.review_focus
+        order = self.stages()
+        errors = {s: self.stage_error(s) for s in order}
+        total = sum(errors.values())
+        weights = [0.0] * NUM_STAGES
+        for s in order:
+            weights[s] = (1.0 - focus) / len(order) + focus * errors[s] / total
+        return weights
 
     def _enter(self, stage: int) -> None:
         self.stage = stage
@@ -231,23 +284,23 @@ class Curriculum:
             return self.stage
         if cfg.promote_on == "greedy":
             return self.stage  # observe_greedy promotes
-        accuracy, episodes = self.windowed_accuracy(self.stage)
-        if accuracy is not None and episodes >= cfg.window and accuracy >= cfg.promotion_accuracy:
-            return path[position + 1]
-        return self.stage
+        return path[position + 1] if self._passed_sampled() else self.stage
 
     def observe_greedy(self, accuracy: dict[str, float]) -> bool:
         """Record an evaluation's greedy ``{row: accuracy}`` (rows as ``toolagent eval``'s:
         the stage number, plus ``2m``); with ``promote_on="greedy"`` the threshold schedule
-        promotes when the current stage's row reaches ``promotion_accuracy``. Returns True
-        when the stage weights changed."""
+        promotes when the current stage's row reaches ``promotion_accuracy`` (on the last
+        stage of the path: begins the review, if on). Returns True when the stage weights
+        changed."""
         cfg = self.settings
         if cfg.schedule != "threshold" or cfg.promote_on != "greedy":
             return False
         position = cfg.path.index(self.stage)
         value = accuracy.get(str(self.stage))
-        if position == len(cfg.path) - 1 or value is None or value < cfg.promotion_accuracy:
+        if value is None or value < cfg.promotion_accuracy:
             return False
+        if position == len(cfg.path) - 1:
+            return self._begin_review()
         self._enter(cfg.path[position + 1])
         return True
 
@@ -291,6 +344,7 @@ class Curriculum:
             "patterns": {str(code): list(v) for code, v in self._patterns.items()},
             "entropy_bumps": [list(b) for b in self.entropy_bumps],
             "stall": list(self._stall),
+            "review_from": self.review_from,
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -306,3 +360,4 @@ class Curriculum:
         self._patterns = {int(code): tuple(v) for code, v in state.get("patterns", {}).items()}
         self.entropy_bumps = [tuple(b) for b in state.get("entropy_bumps", [])]
         self._stall = list(state.get("stall", [None, 0.0, 0]))
+        self.review_from = state.get("review_from")

@@ -236,6 +236,7 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
     last_time = time.time()
     display = ProgressDisplay()
     shown_promotions = len(curriculum.promotions)
+    shown_review = curriculum.review_from is not None
     with StopSignals() as stop:
         try:
             while True:
@@ -281,6 +282,9 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
                 if len(curriculum.promotions) > shown_promotions and cfg.schedule != "progress":
                     display.event(f"stage {curriculum.stage} from iteration {iteration} ({env_steps:,} env steps)")
                 shown_promotions = len(curriculum.promotions)
+                if curriculum.review_from is not None and not shown_review:
+                    display.event(f"every stage of the path from iteration {iteration} (--review)")
+                    shown_review = True
                 new_checkpoint = None
                 if evaluate or stopping:
                     checkpoint = new_checkpoint = save_checkpoint(
@@ -331,6 +335,7 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
         "seed": cfg.seed,
         "promotions": [{"iteration": i, "stage": s} for i, s in curriculum.promotions],
         "entropy_bumps": [{"iteration": i, "env_steps": n, "stage": s} for i, n, s in curriculum.entropy_bumps],
+        "review_from": curriculum.review_from,
         "placement": where,
         "config": dataclasses.asdict(cfg),
     }

@@ -36,6 +36,8 @@ from conftest import run_cli, train_in_process
         (["eval", "tests", "--max-operators", "0"], "'0' is not an operator count; allowed: 1..6"),
         (["train", "--context-attention"], "--context-attention attends over the context GRU's outputs; add --context-encoder gru"),
         (["train", "--stall-entropy", "0.08"], "--stall-entropy raises a2c's entropy coefficient; --algo is 'impala'"),
+        (["train", "--review", "--schedule", "progress"], "--review follows the threshold schedule's path; --schedule is 'progress'"),
+        (["train", "--review-focus", "1.5"], "--review-focus must be <= 1, got 1.5"),
         (["train", "--context-encoder", "mean"], "--context-encoder 'mean' is not one of concat, gru"),
         (["explain", "tests", "-n", "-3"], "'-3' is not a positive integer"),
         (["eval", "tests", "--seed", "-5"], "'-5' is not a seed (an integer >= 0)"),

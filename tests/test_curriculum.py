@@ -74,6 +74,38 @@ def test_no_stall_without_stall_evaluations():
     assert not any(cur.observe_stall({"0": 0.1}, i) for i in range(50)) and cur.entropy_bumps == []
 
 
+def test_review_draws_every_stage_of_the_path_once_the_last_passes_greedy():
+    cur = Curriculum(CurriculumSettings(path=(5, 0, 2), promote_on="greedy", promotion_accuracy=0.99,
+                                        replay_probability=0.2, review=True, review_focus=0.5, window=100))
+    assert cur.observe_greedy({"5": 0.995}) and cur.observe_greedy({"0": 1.0}) and cur.stage == 2
+    before = cur.stage_weights()
+    assert before[2] == pytest.approx(0.8) and before[5] == before[0] == pytest.approx(0.1)
+    assert not cur.observe_greedy({"2": 0.98}) and cur.review_from is None  # not passed yet
+    cur.update({5: (98, 96), 0: (98, 98), 2: (98, 48)})  # sampled errors 3/100, 1/100, 51/100
+    assert cur.observe_greedy({"2": 0.99}) and cur.review_from == 1 and cur.stage == 2
+    weights = cur.stage_weights()
+    assert weights[5] == pytest.approx(0.5 / 3 + 0.5 * 3 / 55)
+    assert weights[0] == pytest.approx(0.5 / 3 + 0.5 * 1 / 55)
+    assert weights[2] == pytest.approx(0.5 / 3 + 0.5 * 51 / 55)
+    assert sum(weights) == pytest.approx(1.0) and not any(w for s, w in enumerate(weights) if s not in (5, 0, 2))
+    assert not cur.observe_greedy({"2": 1.0}) and cur.review_from == 1  # begins once
+    other = Curriculum(cur.settings)
+    other.set_state(cur.get_state())
+    assert other.review_from == 1 and other.stage_weights() == weights
+
+
+def test_review_begins_on_the_sampled_test_and_only_when_asked():
+    on = Curriculum(CurriculumSettings(path=(0, 1), window=10, review=True, review_focus=0.0))
+    assert on.update({0: (10, 10)}) and on.stage == 1 and on.review_from is None
+    assert not on.update({1: (10, 9)})  # 0.9 < 0.95
+    assert on.update({1: (10, 10)}) and on.review_from == 3
+    assert on.stage_weights()[:2] == [0.5, 0.5]
+    off = Curriculum(CurriculumSettings(path=(0, 1), window=10))
+    for counts in ({0: (10, 10)}, {1: (10, 10)}, {1: (10, 10)}):
+        off.update(counts)
+    assert off.review_from is None and off.stage_weights()[:2] == [pytest.approx(0.2), pytest.approx(0.8)]
+
+
 def test_greedy_accuracy_does_not_promote_on_the_sampled_setting():
     cur = Curriculum(CurriculumSettings(window=10))
     assert not cur.observe_greedy({"0": 1.0})

@@ -127,6 +127,26 @@ def test_greedy_promotion_moves_the_stage_at_an_evaluation(local_ray, tmp_path):
     assert after["sampled_accuracy_1"] is not None and at[first]["sampled_accuracy_1"] is None
 
 
+def test_review_trains_every_stage_once_the_last_stage_passes(local_ray, tmp_path):
+    """--review: when the path's last stage passes its (here sampled) promotion test, the
+    stage weights the runners draw from become every stage of the path (evenly, with
+    --review-focus 0) instead of the last stage plus a 20% replay."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "run"
+    summary = train_in_process(out, algo="a2c", stage_path="0,1", promotion_accuracy=0.3, accuracy_window=100,
+                               review=True, review_focus=0.0, eval_interval=10, max_iterations=7,
+                               eval_episodes=100, seed=0)
+    rows = {r["iteration"]: r for r in pq.read_table(out / "metrics.parquet").to_pylist()}
+    promoted, review = summary["promotions"][0]["iteration"], summary["review_from"]
+    assert summary["promotions"][0]["stage"] == 1 and review is not None and promoted < review < 7, summary
+    assert rows[review]["sampled_accuracy_1"] >= 0.3
+    for i, row in rows.items():
+        expected = [1.0, 0.0] if i < promoted else [0.2, 0.8] if i < review else [0.5, 0.5]
+        assert row["stage_weights"][:2] == pytest.approx(expected), (i, row["stage_weights"])
+        assert row["stage"] == (0 if i < promoted else 1)
+
+
 def test_a_stall_raises_the_learners_entropy_coefficient_and_a_resume_keeps_it(local_ray, tmp_path):
     """--stall-entropy: the evaluation that finds a stall starts a bump on the learner
     (its logged coefficient jumps from the schedule's to the peak), and a resumed run's
