@@ -188,8 +188,8 @@ def draw_expression(
 
 
 _CONFIG_KEYS = (
-    "variant", "stage", "max_steps", "action_mask", "hard_fraction", "hard_min_digit", "shaping", "shaping_gamma",
-    "step_limit_terminates",
+    "variant", "stage", "max_steps", "action_mask", "hard_fraction", "expression_hard_fraction", "hard_min_digit",
+    "shaping", "shaping_gamma", "step_limit_terminates",
 )
 
 
@@ -250,7 +250,10 @@ class ToolMachineEnv(gym.Env):
             the drills 3, 4, 10-13) whose context is drawn from that stage's
             memory-required subset, the contexts that no memory-free program
             solves (20% of stage 2's), and of an expression stage that need memory
-            (a later term is a product); a training lever, evaluation keeps 0) and
+            (a later term is a product); a training lever, evaluation keeps 0),
+            ``expression_hard_fraction`` (0-1, default ``hard_fraction``: the share for
+            the expression stages alone, so stage 2 can keep the spec's 0.8 while
+            the expressions take less) and
             ``hard_min_digit`` (0-9, default 0: those expressions' smallest digit; 2
             leaves out the 0s and 1s on which shortcut programs often hit the target).
     """
@@ -275,10 +278,11 @@ class ToolMachineEnv(gym.Env):
         self.max_steps = self.fixed_max_steps or max(stage_max_steps(s) for s in STAGES)
         self.use_action_mask = bool(config.get("action_mask", False))
         self.hard_fraction = config.get("hard_fraction", 0.0)
-        if isinstance(self.hard_fraction, bool) or not isinstance(self.hard_fraction, (int, float)) or not (
-            0.0 <= self.hard_fraction <= 1.0
-        ):
-            raise ValueError(f"hard_fraction must be a number in [0, 1], got {self.hard_fraction!r}")
+        self.expression_hard_fraction = config.get("expression_hard_fraction", self.hard_fraction)
+        for name, value in (("hard_fraction", self.hard_fraction),
+                            ("expression_hard_fraction", self.expression_hard_fraction)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
         self.hard_min_digit = config.get("hard_min_digit", 0)
         if isinstance(self.hard_min_digit, bool) or not isinstance(self.hard_min_digit, int) or not (
             0 <= self.hard_min_digit <= 9
@@ -354,7 +358,7 @@ class ToolMachineEnv(gym.Env):
             self.stage = int(self.np_random.choice(NUM_STAGES, p=self._stage_weights))
         operators: tuple[int, ...] = ()
         if self.stage in EXPRESSION_OPERATORS:
-            digits, operators = draw_expression(self.np_random, self.stage, options, self.hard_fraction,
+            digits, operators = draw_expression(self.np_random, self.stage, options, self.expression_hard_fraction,
                                                 self._pattern_cdfs, self.hard_min_digit)
         elif "digits" in options:
             digits = tuple(int(x) for x in options["digits"])

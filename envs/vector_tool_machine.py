@@ -216,6 +216,7 @@ class ToolMachineVectorEnv(VectorEnv):
         self.max_steps = int(proto.max_steps)
         self.use_action_mask = proto.use_action_mask
         self.hard_fraction = proto.hard_fraction
+        self.expression_hard_fraction = proto.expression_hard_fraction
         self.shaping = proto.shaping
         self.shaping_gamma = proto.shaping_gamma
         self.step_limit_terminates = proto.step_limit_terminates
@@ -559,7 +560,7 @@ class ToolMachineVectorEnv(VectorEnv):
             s = int(rng.choice(NUM_STAGES, p=self._weights)) if stage is None else stage
             stages[j] = s
             if s in EXPRESSION_OPERATORS:
-                xs, ops = draw_expression(rng, s, options, self.hard_fraction, self._proto.pattern_cdfs,
+                xs, ops = draw_expression(rng, s, options, self.expression_hard_fraction, self._proto.pattern_cdfs,
                                           self._proto.hard_min_digit)
                 digits[j, : len(xs)], operators[j, : len(ops)] = xs, ops
                 lengths[j], num_ops[j] = len(xs), len(ops)

@@ -79,7 +79,14 @@ class TrainConfig:
     variant: str = flag("exact", "task rules: 'exact' (the spec) or 'seed' (the tutorial's)", choices=VARIANTS)
     action_mask: bool = flag(True, "expose the tools that can apply now and mask the rest out of the policy")
     hard_fraction: float = flag(
-        0.8, "share of training contexts of memory stages (2, 3, 4) drawn from their memory-required subset", minimum=0, maximum=1
+        0.8, "share of training contexts of memory stages (2 and the drills 3, 4, 10-13) drawn from their "
+        "memory-required subset, and of expression draws that need memory (unless --expression-hard-fraction)",
+        minimum=0, maximum=1,
+    )
+    expression_hard_fraction: Optional[float] = flag(
+        None, "expression stages: share of multi-operator draws that need memory (a later term is a product), "
+        "digits from --hard-min-digit; default: --hard-fraction (so stage 2 can keep 0.8 while the expressions "
+        "take e.g. 0.5)", minimum=0, maximum=1,
     )
     hard_min_digit: int = flag(
         0, "expression stages: the smallest digit of the hard draws (--hard-fraction); 2 leaves out the 0s and 1s "
@@ -417,6 +424,8 @@ class TrainConfig:
             **self.eval_env_config(), "hard_fraction": self.hard_fraction,
             "step_limit_terminates": self.step_limit_terminates,
             **({"hard_min_digit": self.hard_min_digit} if self.hard_min_digit else {}),
+            **({"expression_hard_fraction": self.expression_hard_fraction}
+               if self.expression_hard_fraction is not None else {}),
         }
         if self.shaping:
             config.update(shaping=self.shaping, shaping_gamma=self.gamma)
@@ -460,7 +469,7 @@ class TrainConfig:
             if kind is bool:
                 opts["action"] = argparse.BooleanOptionalAction
             else:
-                base = {Optional[int]: int, Optional[str]: str}.get(kind, kind)
+                base = {Optional[int]: int, Optional[float]: float, Optional[str]: str}.get(kind, kind)
                 opts["type"] = base
                 opts["metavar"] = f.name.upper() if not meta.get("choices") else "{" + ",".join(meta["choices"]) + "}"
             parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **opts)

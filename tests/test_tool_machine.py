@@ -365,6 +365,32 @@ def test_bad_pattern_weights_are_refused():
         ToolMachineEnv().set_pattern_weights([-1.0] * 1092)
 
 
+def test_expression_hard_fraction_sets_the_expressions_share_apart_from_the_digit_stages():
+    """Stage 2 keeps --hard-fraction's memory-required contexts while the expression
+    stages take their own share (by default the same)."""
+    from envs.analysis import memory_required_contexts
+    from envs.machine import needs_memory
+
+    def memory_share(config, stage, n=400):
+        env = ToolMachineEnv({**config, "stage": stage})
+        env.reset(seed=3)
+        needed = {tuple(map(int, row)) for row in memory_required_contexts(2)} if stage == 2 else None
+        hits = 0
+        for _ in range(n):
+            env.reset()
+            hits += needs_memory(env.operators) if needed is None else tuple(env.digits) in needed
+        return hits / n
+
+    split = {"hard_fraction": 1.0, "expression_hard_fraction": 0.0}
+    assert memory_share(split, 2) == 1.0
+    uniform = memory_share({}, 6)
+    assert uniform < 0.9 and memory_share(split, 6) == pytest.approx(uniform, abs=0.08)
+    assert memory_share({"hard_fraction": 0.0, "expression_hard_fraction": 1.0}, 6) == 1.0
+    assert memory_share({"hard_fraction": 1.0}, 6) == 1.0  # the default follows hard_fraction
+    with pytest.raises(ValueError, match="expression_hard_fraction must be a number in"):
+        ToolMachineEnv({"expression_hard_fraction": 1.5})
+
+
 def test_hard_min_digit_applies_to_the_hard_expression_draws_only():
     """The hard draws (memory-needing operators) take digits from hard_min_digit up; the
     others, and every draw with the default 0, are what they were."""

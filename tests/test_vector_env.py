@@ -146,6 +146,8 @@ def test_matches_sync_vector_env(config, seed):
     "config, weights, new_weights",
     [
         ({"hard_fraction": 0.8, "shaping": 0.5}, [1, 1, 2, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1, 1], [0, 0, 1, 3, 0, 1, 0, 1, 0, 1, 0, 2, 1, 0]),
+        ({"hard_fraction": 0.8, "expression_hard_fraction": 0.3, "hard_min_digit": 2},
+         [0, 0, 2, 1, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0], [0, 1, 1, 0, 0, 2, 0, 1, 0, 0, 0, 0, 0, 1]),
         ({"action_mask": True}, [0.5, 0, 0, 0.25, 0.25] + [0] * (NUM_STAGES - 5), [1] * NUM_STAGES),
         ({"variant": "seed", "hard_fraction": 0.8}, [1, 1, 1] + [0] * (NUM_STAGES - 3), [0, 1, 3] + [0] * (NUM_STAGES - 3)),
         ({"shaping": 0.5, "action_mask": True}, [0, 0, 1, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0, 0, 2, 0, 3, 1, 1, 0, 2]),
