@@ -27,6 +27,12 @@ DRILL_PATH = (0, 1, 3, 4, 2)
 TUTORIAL_STAGES = (0, 0, 0, 1, 1, 2)
 
 
+def error_rate(episodes: float, correct: float) -> float:
+    """(failures + 1) / (episodes + 2): the error rate with one imagined success and one
+    failure, so a stage or pattern seen rarely (0.5 unseen) is neither ignored nor certain."""
+    return (episodes - correct + 1.0) / (episodes + 2.0)
+
+
 @dataclass(frozen=True)
 class CurriculumSettings:
     schedule: str = "threshold"
@@ -63,7 +69,7 @@ class CurriculumSettings:
     #: env steps a bump lasts; none starts before the last one has ended.
     stall_decay_steps: int = 500_000
     #: threshold schedule: once the path's last stage passes its promotion test, draw every
-    #: stage of the path (``review_weights``) instead of the last one and a replay.
+    #: stage of the path (``Curriculum._review_weights``) instead of the last one and a replay.
     review: bool = False
     #: review: share of episodes given to the stages in proportion to their recent sampled
     #: error; the rest is spread evenly.
@@ -104,7 +110,7 @@ class Curriculum:
     def stage_weights(self) -> list[float]:
         """Probability of drawing each stage for the next episodes: the current one,
         and with ``replay_probability`` one of the stages ordered before it; for the
-        progress schedule, the teacher's mix."""
+        progress schedule, the teacher's mix; in the review, every stage of the path."""
         if self.settings.schedule == "progress":
             return self._progress_weights()
         if self.review_from is not None:
@@ -140,7 +146,7 @@ class Curriculum:
         new_stage = self._next_stage()
         if new_stage != self.stage:
             self._enter(new_stage)
-        elif self.settings.promote_on == "sampled" and self._passed_sampled():
+        elif self.settings.review and self.settings.promote_on == "sampled" and self._passed_sampled():
             self._begin_review()
         return self.stage_weights() != before
 
@@ -167,11 +173,9 @@ class Curriculum:
         return True
 
     def stage_error(self, stage: int) -> float:
-        """A stage's recent sampled error, (failures + 1) / (episodes + 2): 0.5 unseen."""
+        """A stage's recent sampled error rate over its window (``error_rate``)."""
         recent = self._recent[stage]
-        n = sum(k for k, _ in recent)
-        c = sum(k for _, k in recent)
-        return (n - c + 1.0) / (n + 2.0)
+        return error_rate(sum(n for n, _ in recent), sum(c for _, c in recent))
 
     def _review_weights(self) -> list[float]:
         """Every stage of the path: ``1 - review_focus`` spread evenly, ``review_focus``
@@ -204,9 +208,8 @@ class Curriculum:
                 self._patterns[code] = (old_n * decay + weight, old_c * decay + weight * c / n)
 
     def pattern_error(self, code: int) -> float:
-        """A pattern's recent error rate, (failures + 1) / (episodes + 2): 0.5 unseen."""
-        n, c = self._patterns.get(code, (0.0, 0.0))
-        return (n - c + 1.0) / (n + 2.0)
+        """A pattern's recent error rate (``error_rate``)."""
+        return error_rate(*self._patterns.get(code, (0.0, 0.0)))
 
     def pattern_weights(self) -> list[float] | None:
         """One weight per pattern number (``envs.machine.pattern_code``) for the operator
