@@ -90,15 +90,30 @@ class SuccessReplay:
         self.size = min(self.size + 1, self.capacity)
         self.added += 1
 
-    def sample(self, n: int):
-        """``(indices, obs, actions, returns, steps)`` of ``n`` episodes."""
+    def draw(self, n: int) -> np.ndarray:
+        """The slots of ``n`` episodes drawn with replacement."""
         if self.alpha > 0:
             weights = self.priorities[: self.size] ** self.alpha
-            idx = self.rng.choice(self.size, size=n, p=weights / weights.sum())
-        else:
-            idx = self.rng.integers(0, self.size, size=n)
+            return self.rng.choice(self.size, size=n, p=weights / weights.sum())
+        return self.rng.integers(0, self.size, size=n)
+
+    def episodes(self, idx: np.ndarray):
+        """``(obs, actions, returns, steps)`` of the episodes in slots ``idx``."""
         steps = np.arange(self.max_len)[None, :] < self.lengths[idx, None]
-        return idx, self.obs[idx], self.actions[idx], self.returns[idx], steps
+        return self.obs[idx], self.actions[idx], self.returns[idx], steps
+
+    def sample(self, n: int):
+        """``(indices, obs, actions, returns, steps)`` of ``n`` episodes."""
+        idx = self.draw(n)
+        return (idx, *self.episodes(idx))
+
+    def sample_distinct(self, n: int):
+        """``sample(n)`` with each drawn episode once: ``(indices, counts, obs, actions,
+        returns, steps)``, ``counts`` the times each was drawn. A loss weighted by the
+        counts is the loss on the ``n`` draws; while the replay is small (a run's first
+        updates) most draws repeat, and the module then steps each episode once."""
+        idx, counts = np.unique(self.draw(n), return_counts=True)
+        return (idx, counts, *self.episodes(idx))
 
     def get_state(self) -> dict:
         """What a checkpoint keeps: the held episodes (observations as int8 when they
@@ -225,10 +240,11 @@ def keep_programs(found: list, check: ProgramCheck) -> list:
     return kept
 
 
-def self_imitation_loss(module, obs, actions, returns, steps, *, value_coeff: float, device="cpu"):
+def self_imitation_loss(module, obs, actions, returns, steps, *, value_coeff: float, device="cpu", counts=None):
     """(total, policy term, value term, per-episode mean advantage) of the SIL loss on replayed episodes
     ``[N, T]`` (``steps`` marks real steps; every episode starts at its first step,
-    so the module starts from its own context-derived state)."""
+    so the module starts from its own context-derived state). ``counts``: how many
+    times each episode counts in the means (``SuccessReplay.sample_distinct``)."""
     obs_t = torch.as_tensor(obs, device=device)
     state_in = {
         k: torch.zeros((len(obs),) + tuple(np.shape(v)), device=device)
@@ -241,10 +257,11 @@ def self_imitation_loss(module, obs, actions, returns, steps, *, value_coeff: fl
     logp = dist.logp(torch.as_tensor(actions, device=device))
     values = module.compute_values({Columns.SEQ_LENS: seq_lens}, embeddings=out[Columns.EMBEDDINGS])
     steps_t = torch.as_tensor(steps, device=device, dtype=torch.float32)
+    weights = steps_t if counts is None else steps_t * torch.as_tensor(counts, device=device, dtype=torch.float32)[:, None]
     advantage = (torch.as_tensor(returns, device=device) - values).clamp(min=0.0)
-    n = steps_t.sum().clamp(min=1.0)
-    policy_loss = -(logp * advantage.detach() * steps_t).sum() / n
-    value_loss = 0.5 * (advantage.pow(2) * steps_t).sum() / n
+    n = weights.sum().clamp(min=1.0)
+    policy_loss = -(logp * advantage.detach() * weights).sum() / n
+    value_loss = 0.5 * (advantage.pow(2) * weights).sum() / n
     per_episode = ((advantage.detach() * steps_t).sum(1) / steps_t.sum(1).clamp(min=1.0)).cpu().numpy()
     return policy_loss + value_coeff * value_loss, policy_loss, value_loss, per_episode
 
@@ -316,9 +333,9 @@ class SelfImitationMixin:
             replay.add(*self._sil_found.popleft())
         if len(replay) == 0:
             return loss
-        idx, *episodes = replay.sample(sil["sil_batch_episodes"])
+        idx, counts, *episodes = replay.sample_distinct(sil["sil_batch_episodes"])
         sil_loss, policy_loss, value_loss, advantages = self_imitation_loss(
-            module, *episodes, value_coeff=sil["sil_value_coeff"], device=batch[Columns.OBS].device
+            module, *episodes, value_coeff=sil["sil_value_coeff"], device=batch[Columns.OBS].device, counts=counts,
         )
         replay.update_priorities(idx, advantages)
         self.metrics.log_dict(

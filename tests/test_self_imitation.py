@@ -193,6 +193,41 @@ def test_sil_policy_term_teaches_the_replayed_program():
     assert all(e.correct for e in episodes)
 
 
+def test_distinct_draws_weighted_by_their_counts_give_the_loss_and_gradient_of_all_draws():
+    module = make_module()
+    replay = SuccessReplay(capacity=10, max_len=T, obs_dim=played(0, (1, 2, 3), [ANS])["obs"].shape[1], seed=4, alpha=0.6)
+    rng = np.random.default_rng(1)
+    for i in range(6):
+        program = general_program(2) if i % 2 else [MUL, MUL, ADD, ANS]
+        ep = played(2, tuple(int(x) for x in rng.integers(0, 10, 5)), program)
+        n = len(ep["actions"])
+        replay.add(ep["obs"], ep["actions"], np.linspace(1.0, 0.2, n, dtype=np.float32), n)
+    replay.update_priorities(np.arange(6), np.array([0.1, 0.5, 1.0, 2.0, 0.3, 0.7]))
+    again = SuccessReplay.from_state(replay.get_state())
+    idx, *draws = replay.sample(64)
+    distinct, counts, *episodes = again.sample_distinct(64)  # the same draws, each episode once
+    assert len(distinct) <= 6 and counts.sum() == 64
+    np.testing.assert_array_equal(distinct, np.unique(idx))
+    np.testing.assert_array_equal(counts, np.bincount(idx, minlength=10)[distinct])
+
+    def loss_and_grads(*args, **kwargs):
+        module.zero_grad()
+        out = self_imitation_loss(module, *args, value_coeff=0.5, **kwargs)
+        out[0].backward()
+        return out, [p.grad.clone() for p in module.parameters() if p.grad is not None]
+
+    (loss, policy, value, advantage), grads = loss_and_grads(*draws)
+    (loss_d, policy_d, value_d, advantage_d), grads_d = loss_and_grads(*episodes, counts=counts)
+    for a, b in ((loss, loss_d), (policy, policy_d), (value, value_d)):
+        assert b.item() == pytest.approx(a.item(), rel=1e-5)
+    assert len(grads) == len(grads_d)
+    for g, g_d in zip(grads, grads_d):
+        torch.testing.assert_close(g_d, g, rtol=1e-4, atol=1e-6)
+    # each episode's advantage (its next priority) as it was for every draw of it
+    first_draw = np.array([np.flatnonzero(idx == i)[0] for i in distinct])
+    np.testing.assert_allclose(advantage_d, advantage[first_draw], rtol=1e-5)
+
+
 def test_sil_ignores_steps_whose_value_already_exceeds_the_return():
     module = make_module()
     ep = played(2, (1, 2, 3, 4, 5), general_program(2))
