@@ -1,4 +1,4 @@
-"""The rules of the tool machine, as plain functions (spec: shared/spec/tool-machine.md).
+"""The rules of the tool machine, as plain functions (spec: docs/task.md).
 
 Two rule sets live here:
 

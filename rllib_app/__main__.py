@@ -2,6 +2,6 @@
 
 import sys
 
-from rllib_app.cli import main
+from rllib_app.cli.main import main
 
 sys.exit(main())

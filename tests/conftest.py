@@ -30,8 +30,8 @@ def train_in_process(output, resume_from=None, **fields):
     """``toolagent train`` in this process on the session's Ray (``local_ray``): a fixture's
     checkpoint without a subprocess's import and Ray start (~10 s each on 2 cores);
     ``resume_from``: a checkpoint to continue, as ``--resume`` does."""
-    from rllib_app.config import TrainConfig
-    from rllib_app.train import train
+    from rllib_app.config.train_config import TrainConfig
+    from rllib_app.training.loop import train
 
     return train(TrainConfig(output=str(output), **fields), resume_from=resume_from)
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from rllib_app.ablate import LEVERS, ablation_table, active_levers, lever_flags
-from rllib_app.config import TrainConfig
+from rllib_app.config.train_config import TrainConfig
+from rllib_app.experiments.ablate import LEVERS, ablation_table, active_levers, lever_flags
 
 
 def test_lever_flags_are_train_flags():

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import run_cli
 from envs import CONTEXT_LEN
-from rllib_app import baseline, bench
+from rllib_app.experiments import baseline, bench
 
 MILESTONES = ("stage 0", "stages 0-1", "stages 0-2")
 
@@ -50,7 +50,7 @@ def test_bench_quick_writes_every_section(tmp_path):
     alone = [r for r in rows if r.get("runner_alone")]
     assert sorted(r["fast_env_runner"] for r in alone) == [False, True]
     rows = [r for r in rows if not r.get("runner_alone")]
-    # --quick: the three loops with the first algorithm, ToolMachineEnvRunner with the others
+    # --quick: the three loops with the first algorithm, BatchedEnvRunner with the others
     assert sorted((r["algo"], r["native_vector_env"], r["fast_env_runner"]) for r in rows) == sorted(
         [("impala", False, False), ("impala", True, False), ("impala", True, True), ("a2c", True, True),
          ("ppo", True, True)]
@@ -167,7 +167,7 @@ def test_the_table_compares_the_best_rllib_training_with_the_baseline():
     assert bench.best_training([slow, a2c, impala]) is a2c  # then the last one sooner
     assert bench.best_training([{"algo": "a2c", "error": "boom"}]) is None
     base = {**run("baseline", (20_000, 1.0), (80_000, 4.0), (500_000, 27.5)), "num_envs": 256, "rollout_steps": 16}
-    table = bench.format_table({"baseline": base, "rllib_training": [impala, a2c, {"algo": "x", "error": "boom"}]})
+    table = bench.bench_table({"baseline": base, "rllib_training": [impala, a2c, {"algo": "x", "error": "boom"}]})
     assert "| best RLlib (a2c) / baseline: env steps, time |" in table
     assert ("| stages 0-2 (0, 1, 2, 2m) | 500,000, 27.5 s (28.5 s) | not reached | 110,000, 55.0 s (56.0 s) "
             "| 0.22x, 2.00x |") in table
@@ -203,7 +203,7 @@ def test_the_seed_table_gives_each_seeds_times_and_the_medians():
     assert "| 8.0 s / 7.0 s (0.88x) |" in table
     assert "| not reached / 90.0 s |" in table and "**80.0 s / 60.0 s (0.75x)**" in table
     # and the main table carries it when the report has runs over seeds
-    assert table in bench.format_table({"baseline": runs[0]["baseline"], "seed_runs": runs})
+    assert table in bench.bench_table({"baseline": runs[0]["baseline"], "seed_runs": runs})
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -225,9 +225,9 @@ def test_bench_usage_errors(args, expected):
 def test_a_training_ended_by_a_signal_ends_the_bench(tmp_path, monkeypatch):
     """train() turns Ctrl-C/SIGTERM into an early, checkpointed end; the bench must not go
     on to its next training (nor write a table from a cut-short one)."""
-    import rllib_app.train
-    from rllib_app.bench import BenchSettings, bench_rllib_training_row
+    import rllib_app.training.loop
+    from rllib_app.experiments.bench import BenchSettings, bench_rllib_training_row
 
-    monkeypatch.setattr(rllib_app.train, "train", lambda cfg, on_iteration: {"stopped_by": "SIGTERM"})
+    monkeypatch.setattr(rllib_app.training.loop, "train", lambda cfg, on_iteration: {"stopped_by": "SIGTERM"})
     with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
         bench_rllib_training_row("a2c", BenchSettings(output=tmp_path), tmp_path)

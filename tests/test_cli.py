@@ -8,7 +8,7 @@ from conftest import run_cli, train_in_process
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["train", "--algo", "a3c"], "--algo 'a3c' is not one of impala, a2c, ppo, appo"),
+        (["train", "--algo", "a3c"], "--algo 'a3c' is not one of a2c, impala, ppo, appo"),
         (["train", "--schedule", "sometimes"], "--schedule 'sometimes' is not one of threshold, fixed"),
         (["train", "--variant", "tutorial"], "--variant 'tutorial' is not one of exact, seed"),
         (["train", "--num-env-runners", "-1"], "--num-env-runners must be >= 0, got -1"),
@@ -35,7 +35,7 @@ from conftest import run_cli, train_in_process
         (["explain", "tests", "--stage", "14"], "'14' is not a stage; allowed: 0..13"),
         (["eval", "tests", "--max-operators", "0"], "'0' is not an operator count; allowed: 1..6"),
         (["train", "--context-attention"], "--context-attention attends over the context GRU's outputs; add --context-encoder gru"),
-        (["train", "--stall-entropy", "0.08"], "--stall-entropy raises a2c's entropy coefficient; --algo is 'impala'"),
+        (["train", "--algo", "impala", "--stall-entropy", "0.08"], "--stall-entropy raises a2c's entropy coefficient; --algo is 'impala'"),
         (["train", "--review", "--schedule", "progress"], "--review follows the threshold schedule's path; --schedule is 'progress'"),
         (["train", "--review-focus", "1.5"], "--review-focus must be <= 1, got 1.5"),
         (["train", "--context-encoder", "mean"], "--context-encoder 'mean' is not one of concat, gru"),
@@ -61,7 +61,7 @@ def test_help_lists_every_train_flag_with_its_default():
                  "--num-gpus-per-learner", "--schedule", "--target-accuracy", "--max-minutes",
                  "--seed", "--output", "--address"):
         assert flag in proc.stdout
-    assert "default: impala" in proc.stdout
+    assert "(default: a2c)" in proc.stdout
 
 
 def test_asking_for_gpus_on_a_machine_without_fails_at_once(tmp_path):
@@ -78,9 +78,12 @@ def test_asking_for_gpus_on_a_machine_without_fails_at_once(tmp_path):
 
 
 def test_placement_resources_a_local_ray_lacks_fail_at_once(tmp_path):
-    proc = run_cli("train", "--env-runner-resource", "rollout_node", "--output", str(tmp_path / "run"), timeout=120)
+    proc = run_cli("train", "--num-env-runners", "1", "--env-runner-resource", "rollout_node",
+                   "--output", str(tmp_path / "run"), timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "it needs rollout_node 1 (has 0)" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("train", "--env-runner-resource", "rollout_node", timeout=60)  # A2C samples on the driver
+    assert proc.returncode == 2 and "--num-env-runners is 0" in proc.stderr
     proc = run_cli("train", "--learner-resource", "learner_node", timeout=60)
     assert proc.returncode == 2 and "--num-learners is 0" in proc.stderr
     proc = run_cli("train", "--env-runner-resource", "GPU", timeout=60)
@@ -101,8 +104,8 @@ def test_eval_refuses_stages_the_checkpoints_variant_does_not_have(local_ray, tm
 def test_a_checkpoint_module_older_than_a_stage_is_a_usage_error():
     import types
 
-    from rllib_app.cli import _check_stages
-    from rllib_app.config import UsageError
+    from rllib_app.cli.main import _check_stages
+    from rllib_app.config.arguments import UsageError
 
     older = types.SimpleNamespace(model_config={"stage_embedding_rows": [0, 1, 2, 3, 4, 5, 5, 5, 5, 5]})
     _check_stages([0, 5, 9], {}, older)
@@ -117,7 +120,7 @@ def test_resuming_a_run_whose_module_predates_a_stage_is_a_usage_error(tmp_path)
     import pickle
 
     from envs import NUM_STAGES
-    from rllib_app.checkpoints import MODULE_SUBDIR, saved_stage_rows
+    from rllib_app.outputs.checkpoints import MODULE_SUBDIR, saved_stage_rows
 
     module_dir = tmp_path / "run" / "checkpoint" / MODULE_SUBDIR
     module_dir.mkdir(parents=True)

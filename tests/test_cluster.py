@@ -290,10 +290,10 @@ def test_a_job_trains_on_a_two_node_cluster_with_runners_and_learner_where_they_
     assert no_gpu.returncode != 0 and "cannot host this run: it needs GPU 1 (has 0)" in text, text[-3000:]
 
 
-def test_train_py_runs_as_the_script_ray_submit_uploads(tmp_path):
-    """`ray submit cluster.yaml rllib_app/train.py -- FLAGS` copies the file and runs it."""
-    script = tmp_path / "train.py"
-    shutil.copy(pathlib.Path(ROOT, "rllib_app", "train.py"), script)
+def test_submit_train_runs_as_the_script_ray_submit_uploads(tmp_path):
+    """`ray submit cluster.yaml rllib_app/cli/submit_train.py -- FLAGS` copies the file and runs it."""
+    script = tmp_path / "submit_train.py"
+    shutil.copy(pathlib.Path(ROOT, "rllib_app", "cli", "submit_train.py"), script)
     proc = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120,
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]

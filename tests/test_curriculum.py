@@ -3,7 +3,7 @@
 import pytest
 
 from envs import NUM_STAGES
-from rllib_app.schedules import Curriculum, CurriculumSettings
+from rllib_app.curriculum.schedule import Curriculum, CurriculumSettings
 
 
 def test_threshold_promotes_after_a_full_window_at_the_threshold():
@@ -141,7 +141,7 @@ def test_state_round_trips():
 
 
 def test_callback_treats_missing_or_nan_counts_as_no_episodes():
-    from rllib_app.curriculum import CurriculumCallback
+    from rllib_app.curriculum.callback import CurriculumCallback
 
     cb = CurriculumCallback(CurriculumSettings(window=10))
     result = {"env_runners": {"curriculum/stage_0_episodes": float("nan"), "curriculum/stage_0_correct": None}}
@@ -241,7 +241,7 @@ def test_pattern_focus_weights_patterns_by_their_recent_error():
 def test_callback_counts_patterns_only_with_the_focus_on():
     from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
 
-    from rllib_app.curriculum import CurriculumCallback
+    from rllib_app.curriculum.callback import CurriculumCallback
 
     class Episode:
         def get_infos(self, index):

@@ -18,7 +18,9 @@ import pytest
 
 from conftest import ROOT, SMALL, run_cli
 from envs import NUM_STAGES
-from rllib_app.checkpoints import (
+from rllib_app.config.arguments import UsageError
+from rllib_app.config.train_config import TrainConfig
+from rllib_app.outputs.checkpoints import (
     KILL_IN_SAVE_ENV,
     MODULE_SUBDIR,
     CheckpointError,
@@ -28,7 +30,6 @@ from rllib_app.checkpoints import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from rllib_app.config import TrainConfig, UsageError
 
 
 class FakeAlgo:
@@ -142,10 +143,10 @@ def test_non_finite_and_out_of_range_values_are_refused(overrides, expected):
 
 
 def test_an_entropy_schedule_becomes_rllibs_schedule_and_reaches_the_learner():
-    assert TrainConfig().entropy() == 0.03
-    cfg = TrainConfig(entropy_schedule="0:0.05,300000:0.01").validate()
+    assert TrainConfig(algo="impala").entropy() == 0.03
+    cfg = TrainConfig(algo="impala", entropy_schedule="0:0.05,300000:0.01").validate()
     assert cfg.entropy() == [[0, 0.05], [300000, 0.01]]
-    from rllib_app.algorithms import build_config
+    from rllib_app.training.algorithms import build_config
 
     assert build_config(cfg).entropy_coeff == [[0, 0.05], [300000, 0.01]]
     # one pair: held from the start (RLlib's scheduler refuses a one-point schedule)
@@ -167,7 +168,7 @@ def test_an_output_that_cannot_be_a_directory_is_refused_before_anything_starts(
 
 
 def test_a_damaged_run_info_is_a_checkpoint_error_not_a_traceback(tmp_path):
-    from rllib_app.checkpoints import RUN_INFO_FILE, read_run_info
+    from rllib_app.outputs.checkpoints import RUN_INFO_FILE, read_run_info
 
     path = save_checkpoint(FakeAlgo(), TrainConfig(), tmp_path, 1)
     assert read_run_info(path)["progress"]["iteration"] == 1
@@ -185,7 +186,7 @@ def test_a_damaged_run_info_is_a_checkpoint_error_not_a_traceback(tmp_path):
 # -- real processes, killed -------------------------------------------------------------------------
 def _env_weights(algo):
     """Every env's stage weights, on every env runner that has envs (the local one too)."""
-    from rllib_app.curriculum import _tool_machines
+    from rllib_app.curriculum.callback import _tool_machines
 
     per_runner = algo.env_runner_group.foreach_env_runner(
         lambda er: [list(m.stage_weights) for m in _tool_machines(er.env)] if er.env else None,
@@ -204,9 +205,9 @@ def test_a_killed_env_runner_comes_back_with_the_stage_and_training_goes_on(loca
     """SIGKILL an env runner mid-run: Ray recreates it, training goes on (with one
     runner IMPALA samples on the driver meanwhile), the new runner's envs get the
     current stage, and the restart shows in the iteration's result."""
-    from rllib_app.algorithms import build_config
+    from rllib_app.training.algorithms import build_config
 
-    cfg = TrainConfig(num_env_runners=num_env_runners, schedule="fixed", fixed_stages="0,2",
+    cfg = TrainConfig(algo="impala", num_env_runners=num_env_runners, schedule="fixed", fixed_stages="0,2",
                       iterations_per_stage_entry=1, **SMALL).validate()
     stage_2 = [0.2, 0, 0.8] + [0] * (NUM_STAGES - 3)  # not what a fresh runner's envs start with ([1, 0, ...])
     algo = build_config(cfg).build_algo()

@@ -2,7 +2,7 @@
 
 import pyarrow.parquet as pq
 
-from rllib_app.history import METRICS_SCHEMA, MetricsHistory, metrics_row
+from rllib_app.outputs.history import METRICS_SCHEMA, MetricsHistory, metrics_row
 
 
 def _row(i, greedy=None, restarts=0):

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 def test_train_then_eval_and_explain_from_the_command_line(tmp_path):
     out = tmp_path / "run"
     proc = run_cli(
-        "train", "--max-iterations", "3", "--eval-interval", "3", "--eval-episodes", "50",
+        "train", "--algo", "impala", "--max-iterations", "3", "--eval-interval", "3", "--eval-episodes", "50",
         "--num-envs-per-env-runner", "8", "--train-batch-size-per-learner", "256",
         "--seed", "3", "--output", str(out),
     )
@@ -32,7 +32,7 @@ def test_train_then_eval_and_explain_from_the_command_line(tmp_path):
     # the history: one row per iteration, greedy accuracy on the evaluation iteration only
     import pyarrow.parquet as pq
 
-    from rllib_app.history import METRICS_SCHEMA
+    from rllib_app.outputs.history import METRICS_SCHEMA
 
     history = pq.read_table(out / "metrics.parquet")
     assert history.schema.equals(METRICS_SCHEMA)
@@ -169,13 +169,13 @@ def test_a_stall_raises_the_learners_entropy_coefficient_and_a_resume_keeps_it(l
 
 
 def _build(cfg):
-    from rllib_app.algorithms import build_config
+    from rllib_app.training.algorithms import build_config
 
     return build_config(cfg.validate()).build_algo()
 
 
 def _env_weights(algo, local=True):
-    from rllib_app.curriculum import _tool_machines
+    from rllib_app.curriculum.callback import _tool_machines
 
     return algo.env_runner_group.foreach_env_runner(
         lambda er: [list(m.stage_weights) for m in _tool_machines(er.env)] if er.env else None,
@@ -185,10 +185,11 @@ def _env_weights(algo, local=True):
 
 @pytest.mark.parametrize("native_vector_env", [False, True])
 def test_curriculum_reaches_every_env_of_every_runner(local_ray, native_vector_env):
-    from rllib_app.config import TrainConfig
-    from rllib_app.curriculum import find_curriculum_callback, finite_metric
+    from rllib_app.config.train_config import TrainConfig
+    from rllib_app.curriculum.callback import find_curriculum_callback
+    from rllib_app.outputs.history import finite_metric
 
-    cfg = TrainConfig(num_env_runners=2, schedule="fixed", fixed_stages="0,2",
+    cfg = TrainConfig(algo="impala", num_env_runners=2, schedule="fixed", fixed_stages="0,2",
                       iterations_per_stage_entry=1, native_vector_env=native_vector_env, **SMALL)
     algo = _build(cfg)
     try:
@@ -217,8 +218,8 @@ def test_curriculum_reaches_every_env_of_every_runner(local_ray, native_vector_e
 
 def test_the_program_check_keeps_coincidental_wins_out_of_the_replay(local_ray):
     from envs.analysis import all_contexts, program_answers, targets
-    from rllib_app.algorithms import MODULE_ID
-    from rllib_app.config import TrainConfig
+    from rllib_app.config.train_config import TrainConfig
+    from rllib_app.training.algorithms import MODULE_ID
 
     cfg = TrainConfig(algo="a2c", num_env_runners=0, schedule="fixed", fixed_stages="0", sil_coeff=1.0,
                       sil_program_check=64, seed=3, **SMALL)
@@ -240,10 +241,10 @@ def test_the_program_check_keeps_coincidental_wins_out_of_the_replay(local_ray):
 def test_checkpoint_restore_keeps_weights_and_stage(local_ray, tmp_path):
     from ray.rllib.algorithms.algorithm import Algorithm
 
-    from rllib_app.algorithms import MODULE_ID
-    from rllib_app.checkpoints import save_checkpoint
-    from rllib_app.config import TrainConfig
-    from rllib_app.curriculum import find_curriculum_callback
+    from rllib_app.config.train_config import TrainConfig
+    from rllib_app.curriculum.callback import find_curriculum_callback
+    from rllib_app.outputs.checkpoints import save_checkpoint
+    from rllib_app.training.algorithms import MODULE_ID
 
     # no remote runners: the local env runner samples and must follow the stage too;
     # with the stage-2 levers on, so the self-imitation learner is checkpointed as well
@@ -327,8 +328,8 @@ def test_ablate_runs_each_lever_resumes_and_writes_the_table(tmp_path):
 
 @pytest.mark.parametrize("algo", ["a2c", "impala"])
 def test_two_ddp_learners_train_and_stay_identical(local_ray, algo):
-    from rllib_app.algorithms import MODULE_ID
-    from rllib_app.config import TrainConfig
+    from rllib_app.config.train_config import TrainConfig
+    from rllib_app.training.algorithms import MODULE_ID
 
     cfg = TrainConfig(algo=algo, num_env_runners=1, num_learners=2, sil_coeff=1.0, **SMALL)
     algo_ = _build(cfg)
@@ -363,9 +364,9 @@ def test_two_ddp_learners_train_and_stay_identical(local_ray, algo):
 def test_a2c_checkpoint_restores_and_keeps_training_and_eval_reads_it(local_ray, tmp_path):
     from ray.rllib.algorithms.algorithm import Algorithm
 
-    from rllib_app.algorithms import MODULE_ID, ToolAgentA2C
-    from rllib_app.checkpoints import save_checkpoint
-    from rllib_app.config import TrainConfig
+    from rllib_app.config.train_config import TrainConfig
+    from rllib_app.outputs.checkpoints import save_checkpoint
+    from rllib_app.training.algorithms import MODULE_ID, ToolAgentA2C
 
     cfg = TrainConfig(algo="a2c", num_env_runners=1, **SMALL)
     algo = _build(cfg)
@@ -394,8 +395,8 @@ def test_train_resumes_iterations_env_steps_and_the_progress_teacher(local_ray, 
     """``train(resume_from=...)`` (what Tune's trial restore uses) continues the run."""
     import json as _json
 
-    from rllib_app.config import TrainConfig
-    from rllib_app.train import train
+    from rllib_app.config.train_config import TrainConfig
+    from rllib_app.training.loop import train
 
     seen = []
     cfg = TrainConfig(num_env_runners=0, schedule="progress", progress_episodes=8, max_iterations=3,
@@ -409,7 +410,7 @@ def test_train_resumes_iterations_env_steps_and_the_progress_teacher(local_ray, 
 
     from ray.rllib.algorithms.algorithm import Algorithm
 
-    from rllib_app.curriculum import find_curriculum_callback
+    from rllib_app.curriculum.callback import find_curriculum_callback
 
     algo = Algorithm.from_checkpoint(str(checkpoint))
     try:
@@ -474,9 +475,9 @@ def test_a2c_with_one_step_iterations_repeats_exactly_from_its_seed(local_ray, n
     """--min-iteration-seconds 0: the curriculum moves after a fixed number of batches, so
     the same seed gives the same run on a busy or a quiet machine (0 runners: --algo a2c's
     default, sampling on the driver beside the learner)."""
-    from rllib_app.algorithms import MODULE_ID
-    from rllib_app.config import TrainConfig
-    from rllib_app.learner_batch import BulkValueTargetBatch
+    from rllib_app.config.train_config import TrainConfig
+    from rllib_app.rl.learner_batch import BulkValueTargetBatch
+    from rllib_app.training.algorithms import MODULE_ID
 
     cfg = TrainConfig(algo="a2c", num_env_runners=num_env_runners, min_iteration_seconds=0, seed=3, **SMALL)
     runs = []
@@ -501,8 +502,8 @@ def test_overlapped_sampling_learns_each_batch_once_one_update_behind(local_ray)
     very batches of the synchronous one, iteration by iteration; with learning, its first
     update equals the synchronous one's (both sampled by the initial weights) and its
     second differs (sampled by the initial weights again, not the first update's)."""
-    from rllib_app.algorithms import MODULE_ID, build_config
-    from rllib_app.config import TrainConfig
+    from rllib_app.config.train_config import TrainConfig
+    from rllib_app.training.algorithms import MODULE_ID, build_config
 
     def run(overlap, lr):
         cfg = TrainConfig(algo="a2c", num_env_runners=1, overlap_sampling=overlap, min_iteration_seconds=0, seed=5,
@@ -530,8 +531,8 @@ def test_pattern_focus_counts_patterns_and_reaches_a_remote_runners_envs(local_r
     """With --pattern-focus, the remote runners count each expression pattern, the driver
     turns the counts into weights, and every env of every runner draws from them."""
     from envs.machine import PATTERN_OFFSET
-    from rllib_app.config import TrainConfig
-    from rllib_app.curriculum import _tool_machines, find_curriculum_callback
+    from rllib_app.config.train_config import TrainConfig
+    from rllib_app.curriculum.callback import _tool_machines, find_curriculum_callback
 
     cfg = TrainConfig(num_env_runners=1, stage_path="5", pattern_focus=0.5, native_vector_env=True, **SMALL)
     algo = _build(cfg)

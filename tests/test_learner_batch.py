@@ -9,10 +9,10 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 
 from envs import NUM_STAGES
-from rllib_app.algorithms import MODULE_ID, build_config
-from rllib_app.config import TrainConfig
-from rllib_app.fast_env_runner import ToolMachineEnvRunner
-from rllib_app.learner_batch import BulkValueTargetBatch
+from rllib_app.config.train_config import TrainConfig
+from rllib_app.rl.batched_env_runner import BatchedEnvRunner
+from rllib_app.rl.learner_batch import BulkValueTargetBatch
+from rllib_app.training.algorithms import MODULE_ID, build_config
 
 
 def _setup(runner_cls, *, gae_lambda=1.0, stage_path="0,1,2"):
@@ -55,7 +55,7 @@ def _assert_same(theirs, ours):
             torch.testing.assert_close(b, a, rtol=0, atol=0, msg=key)
 
 
-@pytest.mark.parametrize("runner_cls", [ToolMachineEnvRunner, SingleAgentEnvRunner])
+@pytest.mark.parametrize("runner_cls", [BatchedEnvRunner, SingleAgentEnvRunner])
 @pytest.mark.parametrize("max_seq_len", [None, 4])
 def test_the_bulk_batch_equals_rllibs_pipeline(runner_cls, max_seq_len):
     """Fragments of 5 and 9 steps (chunks that start, continue and end episodes); with
@@ -75,14 +75,14 @@ def test_the_bulk_batch_equals_rllibs_pipeline(runner_cls, max_seq_len):
 
 
 def test_the_bulk_batch_equals_rllibs_pipeline_with_gae():
-    runner, learner = _setup(ToolMachineEnvRunner, gae_lambda=0.9, stage_path="2")
+    runner, learner = _setup(BatchedEnvRunner, gae_lambda=0.9, stage_path="2")
     for fragment in (7, 11):
         theirs, ours = _both(learner, runner.sample(num_timesteps=6 * fragment, explore=True))
         _assert_same(theirs, ours)
 
 
 def test_a_batch_other_pieces_started_goes_to_rllibs_pipeline():
-    runner, learner = _setup(ToolMachineEnvRunner)
+    runner, learner = _setup(BatchedEnvRunner)
     bulk = learner._learner_connector.connectors[0]
     episodes = runner.sample(num_timesteps=30, explore=True)
     before = (bulk.bulk_calls, bulk.fallback_calls)

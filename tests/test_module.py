@@ -308,7 +308,7 @@ def test_target_network_starts_equal_and_follows_only_when_updated():
 def test_rollout_plays_the_same_episodes_as_single_envs(env_config, greedy):
     """``evaluate.rollout`` (one vector env) against episode i = a single env reset
     with seed + i, stepped with the same batched forward pass."""
-    from rllib_app.evaluate import rollout
+    from rllib_app.evaluation.evaluate import rollout
 
     module, n, seed, stage = make_module(), 64, 5, 2
     episodes = rollout(module, stage, n, env_config=env_config, seed=seed, greedy=greedy)

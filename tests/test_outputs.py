@@ -87,7 +87,7 @@ def synthetic_metrics() -> pa.Table:
 def synthetic_run(tmp_path):
     import dataclasses
 
-    from rllib_app.config import TrainConfig
+    from rllib_app.config.train_config import TrainConfig
 
     out = tmp_path / "run"
     out.mkdir()
@@ -107,13 +107,13 @@ def synthetic_run(tmp_path):
 
 
 def test_the_synthesized_metrics_match_what_train_writes():
-    from rllib_app.history import METRICS_SCHEMA
+    from rllib_app.outputs.history import METRICS_SCHEMA
 
     assert synthetic_metrics().schema.equals(METRICS_SCHEMA)
 
 
 def test_plot_draws_curves_greedy_points_and_promotions(synthetic_run):
-    from rllib_app.plot import STAGE_COLORS, load_run, make_figure
+    from rllib_app.evaluation.plot import STAGE_COLORS, load_run, make_figure
 
     run = load_run(synthetic_run)
     assert run.stages == (0, 1, 2) and run.metrics is not None
@@ -140,7 +140,7 @@ def test_plot_draws_curves_greedy_points_and_promotions(synthetic_run):
 def test_plot_bars_are_the_tokens_per_episode(synthetic_run):
     from collections import Counter
 
-    from rllib_app.plot import load_run, make_figure
+    from rllib_app.evaluation.plot import load_run, make_figure
 
     programs = {0: ["MUL MUL ADD ANS"] * 3 + ["ADD MUL ADD ANS"], 1: ["MUL MUL ADD SUB ANS"] * 4,
                 2: ["MUL MUL ADD STO MUL MUL RCL SUB ANS"] * 2 + ["MUL MUL ANS"] * 2}
@@ -176,7 +176,7 @@ def test_plot_and_report_of_a_run_without_checkpoint(synthetic_run):
 
 
 def test_plot_without_metrics_parquet_says_so_on_the_figure(synthetic_run):
-    from rllib_app.plot import load_run, make_figure
+    from rllib_app.evaluation.plot import load_run, make_figure
 
     (synthetic_run / "metrics.parquet").unlink()
     run = load_run(synthetic_run)
@@ -282,6 +282,18 @@ def test_episodes_parquet_is_what_the_env_did(trained_run, episodes_file):
 
 
 @pytest.mark.integration
+def test_every_json_and_parquet_file_a_run_writes_carries_its_schema_version(trained_run, episodes_file):
+    from rllib_app.outputs.checkpoints import RUN_INFO_FILE, SCHEMA_VERSION
+
+    jsons = [trained_run / "summary.json", *sorted(trained_run.glob(f"checkpoints/*/{RUN_INFO_FILE}"))]
+    assert len(jsons) >= 2
+    for path in jsons:
+        assert json.loads(path.read_text())["schema_version"] == SCHEMA_VERSION, path
+    for path in (trained_run / "metrics.parquet", episodes_file[0]):
+        assert pq.read_schema(path).metadata[b"schema_version"] == str(SCHEMA_VERSION).encode(), path
+
+
+@pytest.mark.integration
 def test_explain_reads_the_episodes_file(episodes_file):
     path, _ = episodes_file
     records = pq.read_table(path).to_pylist()
@@ -336,7 +348,7 @@ def test_plot_and_report_of_a_trained_run(trained_run):
 
 def test_the_report_tells_answers_by_a_program_from_lucky_ones():
     from envs import ADD, MUL, RCL, STO, SUB
-    from rllib_app.evaluate import Episode, accuracy_report
+    from rllib_app.evaluation.evaluate import Episode, accuracy_report
 
     def episode(stage, context, tools, correct, variant="exact"):
         return Episode(stage=stage, digits=context, target=0, actions=list(tools), answered=True, answer=0,
@@ -361,7 +373,7 @@ def test_the_report_tells_answers_by_a_program_from_lucky_ones():
 
 def test_pattern_report_names_the_oracle_program_and_the_most_frequent_wrong_tools():
     from envs.oracle import compile_expression
-    from rllib_app.evaluate import Episode, pattern_report
+    from rllib_app.evaluation.evaluate import Episode, pattern_report
 
     def episode(tokens, tools, correct):
         return Episode(stage=5, digits=tokens, target=0, actions=tools, answered=True, answer=0, correct=correct,

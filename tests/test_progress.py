@@ -2,7 +2,7 @@
 
 import io
 
-from rllib_app.progress import ProgressDisplay
+from rllib_app.training.progress import ProgressDisplay
 
 
 def test_plain_lines_when_not_a_terminal():

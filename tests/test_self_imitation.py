@@ -9,7 +9,8 @@ from envs import ADD, ANS, MUL, ToolMachineEnv, general_program, observation_lay
 from envs.analysis import ProgramCheck
 from envs.oracle import oracle_program
 from models import ToolAgentGRUModule
-from rllib_app.self_imitation import EpisodeStitcher, SuccessReplay, keep_programs, self_imitation_loss
+from rllib_app.rl.self_imitation import EpisodeStitcher, SuccessReplay, self_imitation_loss
+from rllib_app.training.learners import keep_programs
 
 LAYOUT = observation_layout()
 T = 16
@@ -186,7 +187,7 @@ def test_sil_policy_term_teaches_the_replayed_program():
         loss.backward()
         optimizer.step()
     # the greedy policy now plays the memory program on fresh contexts
-    from rllib_app.evaluate import rollout
+    from rllib_app.evaluation.evaluate import rollout
 
     episodes = rollout(module, 2, 50, env_config={"action_mask": True}, seed=1)
     assert all(e.actions == list(general_program(2)) for e in episodes)

@@ -7,8 +7,9 @@ import pathlib
 import pytest
 
 from conftest import run_cli
-from rllib_app.config import TrainConfig, UsageError
-from rllib_app.sweep import DEFAULT_SEARCH_SPACE, format_table, sort_rows, validate_search_space
+from rllib_app.config.arguments import UsageError
+from rllib_app.config.train_config import TrainConfig
+from rllib_app.experiments.tune import DEFAULT_SEARCH_SPACE, sort_rows, sweep_table, validate_search_space
 
 
 def test_default_search_space_is_valid_and_covers_the_schedules():
@@ -62,7 +63,7 @@ def test_rows_sort_solved_first_by_env_steps_then_by_progress():
         {"trial": "e", "solved": False, "stages_solved": 3, "env_steps_to_solve": None, "score": 2.0},
     ]
     assert [r["trial"] for r in sort_rows(rows)] == ["d", "b", "e", "c", "a"]
-    lines = format_table(sort_rows(rows)).splitlines()
+    lines = sweep_table(sort_rows(rows)).splitlines()
     assert lines[0].split()[0] == "trial" and lines[1].split()[0] == "d" and len(lines) == 6
 
 

@@ -1,0 +1,183 @@
+"""``BulkValueTargetBatch``: A2C's learner batch, built from the episode chunks in bulk.
+
+RLlib's learner pipeline for a recurrent module (``AddOneTsToEpisodesAndTruncate``,
+the default pieces, ``GeneralAdvantageEstimation``) walks every chunk's every column
+one item at a time through ``tree.map_structure`` and zero-pads each chunk separately:
+a large share of A2C's training step (docs/benchmarks.md, "Where an A2C iteration goes"). This connector builds the same batch (the same columns, rows, padding, dtypes
+and values) with a few numpy operations over all chunks at once:
+
+* each chunk of ``L`` steps becomes ``L + 1`` steps (the artificial bootstrap step of
+  ``AddOneTsToEpisodesAndTruncate``: the last observation, action and model outputs
+  repeated, reward 0, out of the loss mask), cut into rows of ``max_seq_len`` and
+  zero-padded (``AddTimeDimToBatchAndZeroPad``), each row starting from the previous
+  step's ``STATE_OUT`` (the lookback's for a continued chunk, the module's initial
+  state for a new episode: ``AddStatesFromEpisodesToBatch``);
+* ``V`` of every step in one forward pass without gradients, and RLlib's own
+  ``compute_value_targets`` over the chunks concatenated in order, as
+  ``GeneralAdvantageEstimation`` does (advantages standardised over the batch).
+
+It differs in one way on purpose: the episodes are left as they came (RLlib's piece
+extends each by a step and renames it), so the learner counts the env steps it was
+given, not one more per chunk. ``tests/test_learner_batch.py`` compares every column
+with RLlib's pipeline on real sampled chunks. Anything it is not built for (several
+modules, chunks not in numpy form, a module without ``STATE_OUT``, a batch already
+started by other pieces) goes to RLlib's pipeline, which it keeps as ``fallback``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import tree
+from ray.rllib.connectors.connector_v2 import ConnectorV2
+from ray.rllib.core import DEFAULT_MODULE_ID
+from ray.rllib.core.columns import Columns
+from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+from ray.rllib.evaluation.postprocessing import Postprocessing
+from ray.rllib.utils.numpy import convert_to_numpy
+from ray.rllib.utils.postprocessing.value_predictions import compute_value_targets
+
+#: Step columns taken from each chunk's extra model outputs (the rest of them, such as
+#: ``STATE_OUT``, only feed ``STATE_IN``), as RLlib's ``AddColumnsFromEpisodesToTrainBatch`` adds them.
+_SKIPPED_EXTRAS = (Columns.STATE_OUT,)
+
+
+class BulkValueTargetBatch(ConnectorV2):
+    """The learner connector of ``A2CLearner`` (see the module docstring)."""
+
+    def __init__(self, input_observation_space=None, input_action_space=None, *, gamma: float,
+                 lambda_: float, fallback, **kwargs):
+        super().__init__(input_observation_space, input_action_space, **kwargs)
+        self.gamma, self.lambda_, self.fallback = gamma, lambda_, fallback
+        self.bulk_calls = self.fallback_calls = 0
+
+    def __call__(self, *, rl_module, batch, episodes, explore=None, shared_data=None, metrics=None, **kwargs):
+        module = _single_stateful_module(rl_module)
+        if batch or module is None or not all(_bulk_ready(e) for e in episodes) or not episodes:
+            self.fallback_calls += 1
+            # (not **kwargs: the outer pipeline's own arguments, which the fallback sets itself)
+            return self.fallback(rl_module=rl_module, batch=batch, episodes=episodes, explore=explore,
+                                 shared_data=shared_data, metrics=metrics)
+        self.bulk_calls += 1
+        shared_data = {} if shared_data is None else shared_data
+        # the batch counts as zero-padded ([B, T] rows with seq_lens), as RLlib's pieces mark it
+        shared_data[f"_zero_padded_for_mid={DEFAULT_MODULE_ID}"] = True
+        return {DEFAULT_MODULE_ID: self._module_batch(module, episodes)}
+
+    def _module_batch(self, module, episodes: list[SingleAgentEpisode]) -> dict[str, Any]:
+        T = int(module.model_config["max_seq_len"])
+        lengths = np.array([len(e) for e in episodes], dtype=np.int64)
+        steps = lengths + 1  # with the bootstrap step
+        # where each (chunk, step) lands: rows of T per chunk, in chunk order
+        rows_per_chunk = -(-steps // T)
+        first_row = np.concatenate([[0], np.cumsum(rows_per_chunk)[:-1]])
+        ends = np.cumsum(steps)  # one past each chunk's last step, in the flat order
+        chunk_of_step = np.repeat(np.arange(len(episodes)), steps)
+        t_in_chunk = np.arange(ends[-1]) - np.repeat(ends - steps, steps)
+        row = first_row[chunk_of_step] + t_in_chunk // T
+        col = t_in_chunk % T
+        n_rows = int(rows_per_chunk.sum())
+        seq_lens = np.bincount(row, minlength=n_rows).astype(np.int64)  # the steps landing in each row
+
+        def padded(flat: np.ndarray) -> np.ndarray:
+            out = np.zeros((n_rows, T) + flat.shape[1:], dtype=flat.dtype)
+            out[row, col] = flat
+            return out
+
+        last = ends - 1  # each chunk's bootstrap step
+        obs = np.concatenate([_buffer_data(e.observations)[: n + 1] for e, n in zip(episodes, lengths)])
+        actions = np.concatenate([_with_repeat(_buffer_data(e.actions)) for e in episodes])
+        rewards = np.concatenate([np.append(_buffer_data(e.rewards), 0.0) for e in episodes]).astype(np.float32)
+        is_step = np.ones(len(obs), dtype=bool)
+        is_step[last] = False
+        terminateds = np.zeros(len(obs), dtype=bool)
+        truncateds = np.zeros(len(obs), dtype=bool)
+        # the last real step ends the chunk: terminated as the env said, else a cut (truncated)
+        terminateds[last - 1] = [e.is_terminated for e in episodes]
+        truncateds[last - 1] = [not e.is_terminated for e in episodes]
+
+        out = {
+            Columns.LOSS_MASK: padded(is_step),
+            Columns.TERMINATEDS: padded(terminateds),
+            Columns.TRUNCATEDS: padded(truncateds),
+            Columns.OBS: padded(obs),
+            Columns.ACTIONS: padded(actions),
+            Columns.REWARDS: padded(rewards),
+        }
+        for key in episodes[0].extra_model_outputs:
+            if key not in _SKIPPED_EXTRAS:
+                out[key] = padded(np.concatenate([_with_repeat(_buffer_data(e.extra_model_outputs[key]))
+                                                  for e in episodes]))
+        out[Columns.SEQ_LENS] = seq_lens
+        out[Columns.STATE_IN] = self._state_in(module, episodes, rows_per_chunk, T)
+
+        device = next(module.parameters()).device
+        tensors = tree.map_structure(lambda v: torch.as_tensor(v, device=device), out)
+        with torch.no_grad():
+            values = convert_to_numpy(module.compute_values(tensors))[row, col]
+        value_targets = compute_value_targets(
+            values=values, rewards=rewards, terminateds=terminateds, truncateds=truncateds,
+            gamma=self.gamma, lambda_=self.lambda_,
+        )
+        advantages = value_targets - values
+        advantages = (advantages - advantages.mean()) / max(1e-4, advantages.std())
+        tensors[Postprocessing.ADVANTAGES] = torch.as_tensor(padded(advantages), device=device)
+        tensors[Postprocessing.VALUE_TARGETS] = torch.as_tensor(padded(value_targets), device=device)
+        return tensors
+
+    @staticmethod
+    def _state_in(module, episodes, rows_per_chunk: np.ndarray, T: int):
+        """Each row's initial state: the STATE_OUT of the step before the row's first step."""
+        initial = convert_to_numpy(module.get_initial_state())
+        # leaf by leaf (tree.flatten per chunk: map_structure costs much more, per chunk)
+        initial_leaves = [np.asarray(x)[None] for x in tree.flatten(initial)]
+        per_leaf: list[list[np.ndarray]] = [[] for _ in initial_leaves]
+        for e, n_rows in zip(episodes, rows_per_chunk):
+            buffer = e.extra_model_outputs[Columns.STATE_OUT]
+            # the step before step s of the chunk is index lookback + s - 1 of the buffer
+            idx = buffer.lookback - 1 + T * np.arange(n_rows)
+            for leaf, first, data in zip(per_leaf, initial_leaves, tree.flatten(buffer.data)):
+                if e.t_started == 0:
+                    leaf.append(first)
+                    leaf.append(data[idx[1:]])
+                else:
+                    leaf.append(data[idx])
+        return tree.unflatten_as(initial, [np.concatenate(p).astype(np.float32, copy=False) for p in per_leaf])
+
+
+def _single_stateful_module(rl_module):
+    """The one stateful module of ``rl_module``, or None (the fallback's cases)."""
+    try:
+        keys = list(rl_module.keys())
+    except AttributeError:
+        return None
+    if keys != [DEFAULT_MODULE_ID]:
+        return None
+    # (a DDP learner's module is a wrapper: the value pass needs no gradient sync)
+    module = rl_module[DEFAULT_MODULE_ID].unwrapped()
+    return module if module.is_stateful() else None
+
+
+def _bulk_ready(episode) -> bool:
+    return (isinstance(episode, SingleAgentEpisode) and episode.is_numpy and len(episode) > 0
+            and Columns.STATE_OUT in episode.extra_model_outputs
+            and (episode.t_started == 0 or episode.extra_model_outputs[Columns.STATE_OUT].lookback > 0))
+
+
+def _map(fn, data):
+    """``tree.map_structure(fn, data)``, without its cost for a bare array (nearly every
+    column: ~3k calls per batch)."""
+    return fn(data) if isinstance(data, np.ndarray) else tree.map_structure(fn, data)
+
+
+def _buffer_data(buffer):
+    """An episode buffer's own steps (numpy form), without its lookback."""
+    lookback = buffer.lookback
+    return _map(lambda d: d[lookback:], buffer.data)
+
+
+def _with_repeat(data):
+    """A chunk's per-step data plus its last step again (the bootstrap step's)."""
+    return _map(lambda d: np.concatenate([d, d[-1:]]), data)
