@@ -228,7 +228,7 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Infe
         if self._encoder_kind == "gru":
             # causal: the outputs before the padding do not depend on it
             read, _ = net.context_reader(embedded)
-            return read, read[torch.arange(len(distinct)), length - 1]
+            return read, read[torch.arange(len(distinct), device=read.device), length - 1]
         # The backward direction must start at each context's last real token, not at the
         # padding (its count would be part of the read): packed sequences.
         packed = nn.utils.rnn.pack_padded_sequence(embedded, length.cpu(), batch_first=True, enforce_sorted=False)
@@ -273,7 +273,7 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Infe
             encoded_which = which[encode[read_at]] if self._attention else which
             last = summary[encoded_which]
             tokens = torch.cat([last, net.stage_embedding(self._stage_rows[stage])], dim=-1)
-            real_tokens = torch.arange(C) < length[:, None]  # [U, C]
+            real_tokens = torch.arange(C, device=length.device) < length[:, None]  # [U, C]
             which = _unpick(read_at, which, B, T)  # [B, T]: other steps read context 0 (never used)
             keyed = net.attention_key(read) if self._attention_projections else read  # [U, C, H]
         context_features = net.context_encoder(tokens)  # [N, H]

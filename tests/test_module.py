@@ -338,3 +338,28 @@ def test_rollout_plays_the_same_episodes_as_single_envs(env_config, greedy):
         assert (e.target, e.answered, e.answer, e.correct) == tuple(
             finals[i][k] for k in ("target", "answered", "answer", "correct"))
         assert e.episode_return == pytest.approx(returns[i])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the module's GPU path is checked where one is")
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"context_encoder": "gru"}, {"context_encoder": "bigru", "context_attention": True},
+     {"context_encoder": "gru", "context_attention": True, "attention_projections": True, "context_every_step": True}],
+)
+def test_the_module_on_cuda_gives_what_it_gives_on_cpu(extra):
+    """Every context encoder on a GPU learner: no tensor left on the CPU, the same outputs."""
+    module = make_module(**extra)
+    rows = [episode_observations(2, (3, 4, 5, 6, 7), general_program(2)),
+            episode_observations(5, (2, 3, 4), [MUL, ADD, ANS], operators=(ADD, MUL))]
+    length = max(len(r) for r in rows)
+    obs = torch.as_tensor(np.stack([np.pad(r, ((0, length - len(r)), (0, 0))) for r in rows]))
+    batch = {Columns.OBS: obs, Columns.STATE_IN: initial_state(module, 2),
+             Columns.SEQ_LENS: torch.as_tensor([len(r) for r in rows])}
+    on_cpu = module.forward_train(batch)
+    cuda = make_module(**extra).to("cuda")
+    on_gpu = cuda.forward_train({Columns.OBS: obs.cuda(), Columns.STATE_IN: {"h": batch[Columns.STATE_IN]["h"].cuda()},
+                                 Columns.SEQ_LENS: batch[Columns.SEQ_LENS].cuda()})
+    torch.testing.assert_close(on_gpu[Columns.ACTION_DIST_INPUTS].cpu(), on_cpu[Columns.ACTION_DIST_INPUTS],
+                               rtol=1e-4, atol=1e-4)
+    values = cuda.compute_values({}, embeddings=on_gpu[Columns.EMBEDDINGS])
+    assert values.device.type == "cuda" and values.shape == (2, length)

@@ -28,12 +28,18 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def stage_list(text: str) -> list[int]:
+def stages_in(text: str) -> list[int] | None:
+    """The stages of a comma-separated list (``0,1,2``), or None when it is not one."""
     try:
         stages = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        stages = []
-    if not stages or any(not 0 <= s < NUM_STAGES for s in stages):
+        return None
+    return stages if stages and all(0 <= s < NUM_STAGES for s in stages) else None
+
+
+def stage_list(text: str) -> list[int]:
+    stages = stages_in(text)
+    if stages is None:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a comma-separated list of stages in 0..{NUM_STAGES - 1}"
         )

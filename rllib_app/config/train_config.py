@@ -21,8 +21,8 @@ import pathlib
 from dataclasses import dataclass, field
 from typing import Any, Optional, get_type_hints
 
-from envs import VARIANTS
-from rllib_app.config.arguments import UsageError
+from envs import NUM_STAGES, VARIANTS
+from rllib_app.config.arguments import UsageError, stages_in
 from rllib_app.curriculum.schedule import (
     DRILL_PATH,
     PROMOTE_ON,
@@ -546,14 +546,9 @@ def _default_text(meta) -> str:
 
 
 def _stage_list(name: str, text: str, *, example: str) -> tuple[int, ...]:
-    from envs import NUM_STAGES
-
-    try:
-        stages = tuple(int(s) for s in text.split(","))
-    except ValueError:
-        stages = ()
-    if not stages or any(not 0 <= s < NUM_STAGES for s in stages):
+    stages = stages_in(text)
+    if stages is None:
         raise UsageError(
             f"{name} {text!r} must be a comma-separated list of stages in 0..{NUM_STAGES - 1}, e.g. {example}"
         )
-    return stages
+    return tuple(stages)
