@@ -81,3 +81,27 @@ def test_an_entropy_bump_jumps_to_its_peak_and_decays_back_to_the_schedule():
     assert bumped_entropy(0.02, 3000, starts, 0.08, 2000) == 0.02
     assert bumped_entropy(0.1, 1500, starts, 0.08, 2000) == 0.1  # never below the schedule
     assert bumped_entropy(0.02, 5500, starts, 0.08, 2000) == pytest.approx(0.065)
+
+
+@pytest.mark.parametrize(
+    ("algo", "runners", "envs", "learners", "batch", "chunk"),
+    [("a2c", 0, 64, 0, 1024, 16), ("a2c", 1, 64, 0, 1024, 16), ("a2c", 4, 64, 0, 4096, 16),
+     ("a2c", 12, 64, 2, 6144, 16), ("a2c", 3, 10, 0, 480, 16), ("ppo", 1, 32, 0, 256, 8), ("ppo", 6, 32, 0, 1536, 8)],
+)
+def test_the_batch_keeps_each_envs_chunk_when_runners_envs_or_learners_are_added(algo, runners, envs, learners,
+                                                                                  batch, chunk):
+    from rllib_app.config.train_config import TrainConfig
+
+    cfg = TrainConfig(algo=algo, num_env_runners=runners, num_envs_per_env_runner=envs, num_learners=learners)
+    assert cfg.validate().train_batch_size_per_learner == batch
+    # what each env then contributes to one batch (RLlib's "auto" fragment), the same at every scale
+    total = batch * max(1, learners)
+    assert total / (max(1, runners) * envs) == cfg.rollout_fragment_length == chunk
+
+
+def test_an_explicit_batch_and_the_asynchronous_algorithms_keep_their_own():
+    from rllib_app.config.train_config import TrainConfig
+
+    assert TrainConfig(algo="a2c", num_env_runners=4, train_batch_size_per_learner=512).train_batch_size_per_learner == 512
+    for algo in ("impala", "appo"):
+        assert TrainConfig(algo=algo, num_env_runners=8).train_batch_size_per_learner == 256

@@ -46,6 +46,15 @@ def test_bench_quick_writes_every_section(tmp_path):
         assert raw[key]["num_envs"] == n and raw[key]["steps_per_second"] > 0
     assert report["inference"]["batch"] == 256 and report["inference"]["steps_per_second"] > 0
 
+    # the learner alone: each algorithm's update on a recorded 1,024-step batch, one CPU thread
+    learner = report["learner"]
+    assert sorted((r["algo"], r["batch_env_steps"], r["device"]) for r in learner if r["device"] == "cpu") == [
+        ("a2c", 1024, "cpu"), ("impala", 1024, "cpu")]
+    for r in learner:
+        assert "error" not in r, r
+        assert r["env_steps_per_s"] > 0 and r["env_steps_per_update"] >= 1024 and r["updates"] >= 3
+        assert r["env_steps_per_s"] == pytest.approx(r["env_steps_per_update"] * r["updates"] / r["seconds"], rel=0.01)
+
     rows = report["rllib_sampling"]
     alone = [r for r in rows if r.get("runner_alone")]
     assert sorted(r["fast_env_runner"] for r in alone) == [False, True]
@@ -85,6 +94,7 @@ def test_bench_quick_writes_every_section(tmp_path):
     # the table printed and stored: every section, ratios against the baseline
     for text in (proc.stdout, report["table"]):
         assert "ToolMachineVectorEnv" in text and "forward_inference" in text and "baseline training" in text
+        assert "RLlib a2c learner alone" in text and "RLlib impala learner alone" in text
         assert "RLlib impala sampling" in text and "RLlib ppo sampling" in text and "stages 0-2" in text
         assert "vs baseline" in text
         assert "RLlib impala: env steps, training s (wall s)" in text and "RLlib a2c: env steps, training s" in text

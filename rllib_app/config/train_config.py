@@ -36,6 +36,8 @@ from rllib_app.curriculum.schedule import (
 CONTEXT_ENCODERS = ("concat", "gru", "bigru")
 
 ALGOS = ("a2c", "impala", "ppo", "appo")
+#: Algorithms whose iteration is one synchronous batch: their batch follows ``batch_rule``.
+SYNCHRONOUS_ALGOS = ("a2c", "ppo")
 _DRILL_EXAMPLE = ",".join(map(str, DRILL_PATH))
 
 
@@ -48,7 +50,7 @@ FLAG_GROUPS: dict[str, tuple[str, ...]] = {
                   "standardize_advantages", "num_epochs", "train_batch_size_per_learner", "rollout_fragment_length",
                   "step_limit_terminates", "hidden_size", "sil_coeff", "sil_batch_episodes", "sil_capacity",
                   "sil_priority_alpha", "sil_join_chunks"),
-    "resources": ("num_env_runners", "num_envs_per_env_runner", "num_cpus_per_env_runner", "fast_env_runner",
+    "resources": ("resources", "num_env_runners", "num_envs_per_env_runner", "num_cpus_per_env_runner", "fast_env_runner",
                   "native_vector_env", "num_learners", "num_gpus_per_learner", "num_cpus", "address",
                   "env_runner_resource", "learner_resource", "resource_wait_minutes"),
     "run": ("max_minutes", "max_iterations", "min_iteration_seconds", "eval_interval", "eval_episodes",
@@ -65,7 +67,8 @@ GROUP_TITLES = {
 }
 
 
-def flag(default: Any, help: str, *, choices=None, minimum=None, maximum=None, strict_min=False, per_algo=None):
+def flag(default: Any, help: str, *, choices=None, minimum=None, maximum=None, strict_min=False, per_algo=None,
+         default_text=None):
     """A ``TrainConfig`` field. ``per_algo``: {algo: default} where an algorithm's
     measured default differs; the field then defaults to None, resolved from ``algo``
     when the config is made (an explicit value always wins)."""
@@ -79,6 +82,8 @@ def flag(default: Any, help: str, *, choices=None, minimum=None, maximum=None, s
             "strict_min": strict_min,
             "base_default": default,
             "per_algo": per_algo or {},
+            # what --help says the default is, where no single value does (a rule)
+            "default_text": default_text,
         },
     )
 
@@ -135,6 +140,12 @@ class TrainConfig:
         "(0: off; the learner re-runs the tools on the exact machine's rules)", minimum=0,
     )
     # -- resources -------------------------------------------------------------------------
+    resources: str = flag(
+        "manual", "manual: runners, learners and GPUs as the flags say; auto: chosen from what the Ray cluster "
+        "(or this machine) offers and printed at the start (runners on the spare CPUs, a learner per GPU, "
+        "A2C/PPO's batch by the batch rule), replacing --num-env-runners, --num-learners and "
+        "--num-gpus-per-learner", choices=("manual", "auto"),
+    )
     num_env_runners: int = flag(
         1, "env runner processes sampling in parallel (0: sample on the driver)", minimum=0,
         # A2C waits for its sample every step: on one machine a remote runner only adds the
@@ -246,13 +257,15 @@ class TrainConfig:
     standardize_advantages: bool = flag(True, "a2c: standardise each batch's advantages")
     num_epochs: int = flag(4, "ppo: passes over each batch (one minibatch each)", minimum=1)
     gamma: float = flag(0.99, "discount", minimum=0, maximum=1)
-    train_batch_size_per_learner: int = flag(
-        256, "env steps per gradient step and learner (total batch: this x max(1, --num-learners))", minimum=1,
-        per_algo={"a2c": 1024},
+    train_batch_size_per_learner: Optional[int] = flag(
+        None, "env steps per learner in each update (total batch: this x max(1, --num-learners))", minimum=1,
+        default_text="impala, appo: 256; a2c, ppo: the batch rule, max(1, runners) x envs per runner x "
+        "--rollout-fragment-length / max(1, learners), so each env's chunk keeps its length when runners, "
+        "envs or learners are added (a2c: 64 x 16 = 1024 on the driver)",
     )
     rollout_fragment_length: int = flag(
-        16, "impala/appo: env steps each env contributes to one sample() call (a2c/ppo derive it from the batch)",
-        minimum=1,
+        16, "env steps each env contributes: impala/appo to one sample() call; a2c/ppo to one training batch "
+        "(the batch rule of --train-batch-size-per-learner)", minimum=1, per_algo={"ppo": 8},
     )
     hidden_size: int = flag(128, "GRU hidden size", minimum=1)
     context_every_step: bool = flag(
@@ -295,6 +308,16 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             if getattr(self, f.name) is None and f.metadata.get("per_algo"):
                 setattr(self, f.name, f.metadata["per_algo"].get(self.algo, f.metadata["base_default"]))
+        if self.train_batch_size_per_learner is None:
+            self.train_batch_size_per_learner = self.batch_rule() if self.algo in SYNCHRONOUS_ALGOS else 256
+
+    def batch_rule(self) -> int:
+        """A synchronous algorithm's batch per learner: every env of every runner (the driver's
+        when there are none) contributes one chunk of ``rollout_fragment_length`` env steps,
+        split over the learners. More runners or envs then mean a bigger batch, not shorter
+        chunks (docs/algorithms.md, "The batch rule")."""
+        envs = max(1, self.num_env_runners) * self.num_envs_per_env_runner
+        return math.ceil(envs * self.rollout_fragment_length / max(1, self.num_learners))
 
     def validate(self) -> TrainConfig:
         hints = get_type_hints(type(self))
@@ -537,6 +560,8 @@ def _default_text(meta) -> str:
     def text(value) -> str:
         return shown[value] if isinstance(value, (bool, type(None))) or value == "" else str(value)
 
+    if meta.get("default_text"):
+        return meta["default_text"].replace("%", "%%")
     if not meta.get("per_algo"):
         return text(meta["base_default"]).replace("%", "%%")
     by_value: dict[str, list[str]] = {}

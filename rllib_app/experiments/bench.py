@@ -8,6 +8,9 @@ One run measures, side by side (``DIR/bench.json``, and a table on stdout):
 2. ``inference``: ``ToolAgentGRUModule.forward_inference`` on a batch of 256
    observations (one env step each), in env steps/s, with one torch thread (as in an
    env runner) and with torch's default.
+2b. ``learner``: the learner alone (``rllib_app.experiments.learner_speed``): A2C's and
+   IMPALA's ``Learner.update`` on a recorded batch of 1k, 4k and 16k env steps (batch
+   building and self-imitation included), one CPU thread, and CUDA where torch sees a GPU.
 3. ``rllib_sampling``: sampled env steps/s of one env runner while IMPALA, A2C and
    PPO train (``num_env_steps_sampled_lifetime`` over wall time, after a warm-up
    iteration), each with gymnasium's env loop, with ``--native-vector-env`` and with
@@ -58,16 +61,14 @@ from typing import Any
 import numpy as np
 
 from rllib_app.config.arguments import UsageError, parse_seeds
-from rllib_app.config.train_config import TrainConfig
+from rllib_app.config.train_config import SYNCHRONOUS_ALGOS, TrainConfig
 
 ALGOS = ("impala", "a2c", "ppo")
 #: The algorithms whose milestones are compared with the baseline's: IMPALA (the scale-out
 #: recipe) and A2C (``toolagent train``'s default, and the baseline's own method).
 TRAINING_ALGOS = ("impala", "a2c")
-#: Algorithms whose iteration is one synchronous batch (a fixed number of env steps).
-SYNCHRONOUS_ALGOS = ("a2c", "ppo")
 #: The sections of bench.json, in the order they run.
-SECTIONS = ("raw_env", "inference", "baseline", "rllib_sampling", "rllib_training")
+SECTIONS = ("raw_env", "inference", "learner", "baseline", "rllib_sampling", "rllib_training")
 #: ``rllib_app.experiments.baseline.MILESTONES`` (not imported here: it would load torch for every CLI command).
 MILESTONE_ROWS = {"stage 0": ("0",), "stages 0-1": ("0", "1"), "stages 0-2": ("0", "1", "2", "2m")}
 
@@ -506,11 +507,16 @@ def run(settings: BenchSettings, command: str = "") -> dict[str, Any]:
         for (one, where), into in zip(runs, seed_runs):
             _log(f"baseline ({settings.minutes_per_training * 60:.0f} s, seed {one.seed}) ...")
             _section(report, "baseline", bench_baseline, one, where, into=into)
-    if wanted & {"rllib_sampling", "rllib_training"}:
+    if wanted & {"learner", "rllib_sampling", "rllib_training"}:
         # one local Ray of our own for every RLlib section; runner output stays out of our table
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
                  configure_logging=True, logging_level="ERROR")
         try:
+            if "learner" in wanted:
+                from rllib_app.experiments.learner_speed import bench_learner
+
+                _log("learner alone ...")
+                _section(report, "learner", bench_learner, settings.algos, settings.quick, settings.seed, out / "learner")
             if "rllib_sampling" in wanted:
                 _log("rllib sampling ...")
                 _section(report, "rllib_sampling", bench_rllib_sampling, settings, out / "rllib_sampling")
@@ -578,6 +584,14 @@ def bench_table(report: dict[str, Any]) -> str:
         if key.startswith("threads_"):
             add("module forward_inference", f"batch {inf['batch']}, {row['torch_threads']} torch thread(s) "
                 f"({row['ms_per_call']:.2f} ms/call)", row["steps_per_second"])
+    learner = report.get("learner")
+    for row in learner if isinstance(learner, list) else []:
+        what = f"RLlib {row['algo']} learner alone (batch + update)"
+        setting = f"{row['batch_env_steps']:,}-step batch, {row['device']} ({row['torch_threads']} thread(s))"
+        if "error" in row:
+            lines.append(f"| {what} | {setting} | error | - |")
+        else:
+            add(what, f"{setting}, {row['ms_per_update']:,.1f} ms/update", row["env_steps_per_s"])
     if "sampling_steps_per_second" in base:
         add("baseline sampling (policy + env)", f"{base['num_envs']} envs", base["sampling_steps_per_second"])
     if base_rate:

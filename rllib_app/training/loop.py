@@ -20,7 +20,6 @@ tables and the commands that reproduce them.
 from __future__ import annotations
 
 import dataclasses
-import os
 import pathlib
 import signal
 import threading
@@ -29,7 +28,6 @@ from typing import Any
 
 import ray
 
-from rllib_app.config.arguments import UsageError
 from rllib_app.config.train_config import TrainConfig
 from rllib_app.curriculum.callback import find_curriculum_callback
 from rllib_app.evaluation.evaluate import greedy_accuracy
@@ -45,85 +43,7 @@ from rllib_app.outputs.checkpoints import (
 from rllib_app.outputs.history import MetricsHistory, finite_metric, metrics_row
 from rllib_app.training.algorithms import MODULE_ID, build_config, module_spec
 from rllib_app.training.progress import ProgressDisplay
-
-
-def missing_resources(cfg: TrainConfig, available: dict[str, float]) -> list[str]:
-    """What the run's learners and env runners ask for that ``available`` lacks."""
-    need: dict[str, float] = {}
-    if cfg.num_gpus_per_learner:
-        need["GPU"] = cfg.num_gpus_per_learner * max(1, cfg.num_learners)
-    if cfg.env_runner_resource and cfg.num_env_runners:
-        need[cfg.env_runner_resource] = cfg.num_env_runners
-    if cfg.learner_resource:
-        need[cfg.learner_resource] = cfg.num_learners
-    return [f"{name} {amount:g} (has {available.get(name, 0.0):g})" for name, amount in need.items()
-            if available.get(name, 0.0) < amount]
-
-
-def _resource_error(cfg: TrainConfig, missing: list[str], where: str) -> UsageError:
-    return UsageError(
-        f"{where} cannot host this run: it needs {', '.join(missing)}. GPUs: --num-gpus-per-learner 0 learns on "
-        "CPU; custom resources (--env-runner-resource, --learner-resource) must be declared by some node "
-        "(cluster.yaml, or `ray start --resources`)"
-    )
-
-
-def check_resources(cfg: TrainConfig, available: dict[str, float], where: str) -> None:
-    """Fail now, not after Ray has waited forever for resources that will never come."""
-    missing = missing_resources(cfg, available)
-    if missing:
-        raise _resource_error(cfg, missing, where)
-
-
-def wait_for_cluster_resources(cfg: TrainConfig) -> None:
-    """On a cluster an autoscaler may still add the nodes (cluster.yaml's min_workers 0):
-    wait up to --resource-wait-minutes, then fail with what is missing."""
-    deadline = time.time() + cfg.resource_wait_minutes * 60
-    next_note = 0.0
-    while missing := missing_resources(cfg, ray.cluster_resources()):
-        if time.time() >= deadline:
-            raise _resource_error(cfg, missing, f"the Ray cluster (after {cfg.resource_wait_minutes:g} min)")
-        if time.time() >= next_note:
-            print(f"waiting for the cluster to offer {', '.join(missing)} (up to "
-                  f"{cfg.resource_wait_minutes:g} min: --resource-wait-minutes)", flush=True)
-            next_note = time.time() + 30
-        time.sleep(2)
-
-
-def init_ray(cfg: TrainConfig) -> None:
-    # RAY_ADDRESS: set by `ray job submit` for its entrypoint, so a job joins its cluster.
-    address = cfg.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-        wait_for_cluster_resources(cfg)
-        return
-    import torch
-
-    check_resources(cfg, {"GPU": torch.cuda.device_count()}, "this machine (an embedded local Ray)")
-    # One logical CPU per Ray process (driver, each runner, each remote learner).
-    needed = 1 + cfg.num_env_runners * cfg.num_cpus_per_env_runner + cfg.num_learners
-    # address="local": never attach to some other Ray already running here.
-    ray.init(
-        address="local",
-        num_cpus=cfg.num_cpus or max(2, needed),
-        num_gpus=None,
-        include_dashboard=False,
-        configure_logging=True,
-        logging_level="WARNING",
-    )
-
-
-def _node_id(*_args) -> str:
-    return ray.get_runtime_context().get_node_id()
-
-
-def placement(algo) -> dict[str, Any]:
-    """The Ray node each part of the run is on: where --env-runner-resource and
-    --learner-resource put them (the learner is the driver's when --num-learners is 0)."""
-    driver = _node_id()
-    runners = algo.env_runner_group.foreach_env_runner(_node_id, local_env_runner=False) if algo.env_runner_group.num_remote_env_runners() else []
-    learners = [r.get() for r in algo.learner_group.foreach_learner(_node_id)]
-    return {"driver": driver, "env_runners": list(runners) or [driver], "learners": learners}
+from rllib_app.training.resources import init_ray, placement, resolve_on_running_ray
 
 
 class StopSignals:
@@ -198,8 +118,7 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
     cfg.validate()
     output = pathlib.Path(cfg.output)
     started_ray = not ray.is_initialized()
-    if started_ray:
-        init_ray(cfg)
+    cfg = init_ray(cfg) if started_ray else resolve_on_running_ray(cfg)
     output.mkdir(parents=True, exist_ok=True)
     algo = build_config(cfg).build_algo()
     curriculum_callback = find_curriculum_callback(algo)
