@@ -476,7 +476,7 @@ def test_a2c_with_one_step_iterations_repeats_exactly_from_its_seed(local_ray, n
     the same seed gives the same run on a busy or a quiet machine (0 runners: --algo a2c's
     default, sampling on the driver beside the learner)."""
     from rllib_app.config.train_config import TrainConfig
-    from rllib_app.rl.learner_batch import BulkValueTargetBatch
+    from rllib_app.rl.learner_batch import BulkLearnerBatch
     from rllib_app.training.algorithms import MODULE_ID
 
     cfg = TrainConfig(algo="a2c", num_env_runners=num_env_runners, min_iteration_seconds=0, seed=3, **SMALL)
@@ -488,7 +488,7 @@ def test_a2c_with_one_step_iterations_repeats_exactly_from_its_seed(local_ray, n
             runs.append((steps, algo.learner_group.get_weights()[MODULE_ID]))
             # every batch was built in bulk (none fell back to RLlib's pipeline)
             bulk = algo.learner_group._learner._learner_connector.connectors[0]
-            assert isinstance(bulk, BulkValueTargetBatch) and (bulk.bulk_calls, bulk.fallback_calls) == (3, 0)
+            assert isinstance(bulk, BulkLearnerBatch) and (bulk.bulk_calls, bulk.fallback_calls) == (3, 0)
         finally:
             algo.stop()
     (steps_a, weights_a), (steps_b, weights_b) = runs

@@ -1,4 +1,4 @@
-"""``BulkValueTargetBatch`` builds the batch RLlib's learner pipeline builds, column by
+"""``BulkLearnerBatch`` builds the batch RLlib's learner pipeline builds, column by
 column, from real sampled episode chunks (no Ray: runner and learner in this process)."""
 
 import copy
@@ -11,12 +11,12 @@ from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from envs import NUM_STAGES
 from rllib_app.config.train_config import TrainConfig
 from rllib_app.rl.batched_env_runner import BatchedEnvRunner
-from rllib_app.rl.learner_batch import BulkValueTargetBatch
+from rllib_app.rl.learner_batch import BulkLearnerBatch
 from rllib_app.training.algorithms import MODULE_ID, build_config
 
 
-def _setup(runner_cls, *, gae_lambda=1.0, stage_path="0,1,2"):
-    cfg = TrainConfig(algo="a2c", num_envs_per_env_runner=6, hidden_size=32, seed=5, stage_path=stage_path,
+def _setup(runner_cls, *, gae_lambda=1.0, stage_path="0,1,2", algo="a2c"):
+    cfg = TrainConfig(algo=algo, fast_env_runner=True, num_envs_per_env_runner=6, hidden_size=32, seed=5, stage_path=stage_path,
                       gae_lambda=gae_lambda).validate()
     config = build_config(cfg).env_runners(episode_lookback_horizon=1)
     runner = runner_cls(config=config, worker_index=1)
@@ -30,7 +30,7 @@ def _setup(runner_cls, *, gae_lambda=1.0, stage_path="0,1,2"):
 def _both(learner, episodes):
     """(RLlib's batch, ours) for the same chunks (RLlib's pipeline changes the chunks it is given)."""
     bulk = learner._learner_connector.connectors[0]
-    assert isinstance(bulk, BulkValueTargetBatch)
+    assert isinstance(bulk, BulkLearnerBatch)
     module = learner.module
     kwargs = {"rl_module": module, "explore": False, "metrics": None}
     theirs = bulk.fallback(episodes=copy.deepcopy(episodes), batch={}, shared_data={}, **kwargs)
@@ -57,10 +57,12 @@ def _assert_same(theirs, ours):
 
 @pytest.mark.parametrize("runner_cls", [BatchedEnvRunner, SingleAgentEnvRunner])
 @pytest.mark.parametrize("max_seq_len", [None, 4])
-def test_the_bulk_batch_equals_rllibs_pipeline(runner_cls, max_seq_len):
+@pytest.mark.parametrize("algo", ["a2c", "impala", "appo"])
+def test_the_bulk_batch_equals_rllibs_pipeline(runner_cls, max_seq_len, algo):
     """Fragments of 5 and 9 steps (chunks that start, continue and end episodes); with
-    max_seq_len 4 every longer chunk spans several rows, each with its own state in."""
-    runner, learner = _setup(runner_cls)
+    max_seq_len 4 every longer chunk spans several rows, each with its own state in.
+    A2C's batch has value targets; IMPALA's and APPO's (V-trace's own) have none."""
+    runner, learner = _setup(runner_cls, algo=algo)
     if max_seq_len:
         learner.module[MODULE_ID].model_config["max_seq_len"] = max_seq_len
     seen = {"continued": 0, "multi_row": 0, "terminated": 0}

@@ -19,7 +19,7 @@ One iteration: sample ``train_batch_size_per_learner * max(1, num_learners)`` en
 steps synchronously from every env runner with the current weights; add n-step
 bootstrapped value targets (``lambda_=1.0``, the classic A2C) or GAE targets
 (``lambda_ < 1``) in the learner connector (RLlib's pieces, or the same batch built in
-bulk by ``rllib_app.rl.learner_batch.BulkValueTargetBatch``, the default); take gradient steps on minibatches of
+bulk by ``rllib_app.rl.learner_batch.BulkLearnerBatch``, the default); take gradient steps on minibatches of
 ``train_batch_size_per_learner`` rows of the batch (for a recurrent module RLlib counts
 the zero-padded ``[B, T]`` rows, so a full batch is usually two minibatches, the second
 wrapping around to the first sequences; one step per batch instead stalled stage 2 in
@@ -66,7 +66,7 @@ from ray.rllib.utils.metrics import (
 )
 from ray.rllib.utils.schedules.scheduler import Scheduler
 
-from rllib_app.rl.learner_batch import BulkValueTargetBatch
+from rllib_app.rl.learner_batch import BulkLearnerBatch
 
 ADVANTAGE_STD_KEY = "advantage_std"
 
@@ -106,7 +106,7 @@ class A2CConfig(AlgorithmConfig):
         """``lambda_``: GAE lambda (1.0 = n-step returns); ``vf_loss_coeff``;
         ``entropy_coeff`` (number or schedule); ``standardize_advantages``: scale
         the batch's advantages to zero mean and unit std before the policy term;
-        ``bulk_learner_batch``: build the learner batch with ``BulkValueTargetBatch``
+        ``bulk_learner_batch``: build the learner batch with ``BulkLearnerBatch``
         (the same batch as RLlib's pipeline, faster; RLlib's for what it does not handle);
         ``overlap_sampling``: remote env runners sample the next batch while the learner
         learns on the last one, so each batch comes from the weights one update before
@@ -279,7 +279,7 @@ class A2CLearner(TorchLearner):
                 GeneralAdvantageEstimation(gamma=self.config.gamma, lambda_=self.config.lambda_)
             )
             if self.config.bulk_learner_batch and self._only_default_pieces():
-                self._learner_connector = LearnerConnectorPipeline(connectors=[BulkValueTargetBatch(
+                self._learner_connector = LearnerConnectorPipeline(connectors=[BulkLearnerBatch(
                     gamma=self.config.gamma, lambda_=self.config.lambda_, fallback=self._learner_connector,
                 )])
 

@@ -1,10 +1,11 @@
-"""``BulkValueTargetBatch``: A2C's learner batch, built from the episode chunks in bulk.
+"""``BulkLearnerBatch``: a learner batch built from the episode chunks in bulk.
 
 RLlib's learner pipeline for a recurrent module (``AddOneTsToEpisodesAndTruncate``,
-the default pieces, ``GeneralAdvantageEstimation``) walks every chunk's every column
-one item at a time through ``tree.map_structure`` and zero-pads each chunk separately:
-a large share of A2C's training step (docs/benchmarks.md, "Where an A2C iteration goes"). This connector builds the same batch (the same columns, rows, padding, dtypes
-and values) with a few numpy operations over all chunks at once:
+the default pieces, and for A2C ``GeneralAdvantageEstimation``) walks every chunk's
+every column one item at a time through ``tree.map_structure`` and zero-pads each chunk
+separately: most of IMPALA's learner time and a large share of A2C's (docs/benchmarks.md,
+"The learner alone"). This connector builds the same batch (the same columns, rows,
+padding, dtypes and values) with a few numpy operations over all chunks at once:
 
 * each chunk of ``L`` steps becomes ``L + 1`` steps (the artificial bootstrap step of
   ``AddOneTsToEpisodesAndTruncate``: the last observation, action and model outputs
@@ -12,9 +13,12 @@ and values) with a few numpy operations over all chunks at once:
   zero-padded (``AddTimeDimToBatchAndZeroPad``), each row starting from the previous
   step's ``STATE_OUT`` (the lookback's for a continued chunk, the module's initial
   state for a new episode: ``AddStatesFromEpisodesToBatch``);
-* ``V`` of every step in one forward pass without gradients, and RLlib's own
-  ``compute_value_targets`` over the chunks concatenated in order, as
-  ``GeneralAdvantageEstimation`` does (advantages standardised over the batch).
+* with value targets (A2C: ``gamma`` given), ``V`` of every step in one forward pass
+  without gradients, and RLlib's own ``compute_value_targets`` over the chunks
+  concatenated in order, as ``GeneralAdvantageEstimation`` does (advantages
+  standardised over the batch); without (IMPALA, APPO: V-trace is the loss's), none.
+
+``BulkBatchMixin`` puts it in front of an IMPALA or APPO learner's own pipeline.
 
 It differs in one way on purpose: the episodes are left as they came (RLlib's piece
 extends each by a step and renames it), so the learner counts the env steps it was
@@ -32,6 +36,7 @@ import numpy as np
 import torch
 import tree
 from ray.rllib.connectors.connector_v2 import ConnectorV2
+from ray.rllib.connectors.learner.learner_connector_pipeline import LearnerConnectorPipeline
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.columns import Columns
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
@@ -44,11 +49,12 @@ from ray.rllib.utils.postprocessing.value_predictions import compute_value_targe
 _SKIPPED_EXTRAS = (Columns.STATE_OUT,)
 
 
-class BulkValueTargetBatch(ConnectorV2):
-    """The learner connector of ``A2CLearner`` (see the module docstring)."""
+class BulkLearnerBatch(ConnectorV2):
+    """A learner's whole connector pipeline in bulk (see the module docstring);
+    ``gamma``/``lambda_``: add GAE value targets and advantages (A2C), None: not (IMPALA)."""
 
-    def __init__(self, input_observation_space=None, input_action_space=None, *, gamma: float,
-                 lambda_: float, fallback, **kwargs):
+    def __init__(self, input_observation_space=None, input_action_space=None, *, fallback,
+                 gamma: float | None = None, lambda_: float | None = None, **kwargs):
         super().__init__(input_observation_space, input_action_space, **kwargs)
         self.gamma, self.lambda_, self.fallback = gamma, lambda_, fallback
         self.bulk_calls = self.fallback_calls = 0
@@ -115,6 +121,8 @@ class BulkValueTargetBatch(ConnectorV2):
 
         device = next(module.parameters()).device
         tensors = tree.map_structure(lambda v: torch.as_tensor(v, device=device), out)
+        if self.gamma is None:
+            return tensors
         with torch.no_grad():
             values = convert_to_numpy(module.compute_values(tensors))[row, col]
         value_targets = compute_value_targets(
@@ -181,3 +189,18 @@ def _buffer_data(buffer):
 def _with_repeat(data):
     """A chunk's per-step data plus its last step again (the bootstrap step's)."""
     return _map(lambda d: np.concatenate([d, d[-1:]]), data)
+
+
+class BulkBatchMixin:
+    """Builds an IMPALA or APPO learner's batch with ``BulkLearnerBatch`` (no value
+    targets: V-trace computes its own), RLlib's pipeline kept as the fallback. Only over
+    RLlib's default pieces, and only where the learner builds batches itself (no
+    aggregator actors, which would hand it finished batches)."""
+
+    def build(self) -> None:
+        super().build()
+        config = self.config
+        if (self._learner_connector is not None and config.add_default_connectors_to_learner_pipeline
+                and config._learner_connector is None and not config.num_aggregator_actors_per_learner):
+            self._learner_connector = LearnerConnectorPipeline(
+                connectors=[BulkLearnerBatch(fallback=self._learner_connector)])

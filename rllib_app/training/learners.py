@@ -12,6 +12,7 @@ from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from envs.analysis import ProgramCheck
 from envs.tool_machine import read_task
 from rllib_app.rl.a2c import A2CLearner
+from rllib_app.rl.learner_batch import BulkBatchMixin
 from rllib_app.rl.self_imitation import SelfImitationMixin
 
 
@@ -42,8 +43,8 @@ class ToolMachineSelfImitation(SelfImitationMixin):
         return keep_programs(found, self._sil_check)
 
 
-class SelfImitationIMPALALearner(ToolMachineSelfImitation, IMPALATorchLearner):
-    """IMPALA's V-trace loss plus the self-imitation term."""
+class SelfImitationIMPALALearner(ToolMachineSelfImitation, BulkBatchMixin, IMPALATorchLearner):
+    """IMPALA's V-trace loss plus the self-imitation term; its batch built in bulk."""
 
 
 class SelfImitationA2CLearner(ToolMachineSelfImitation, A2CLearner):
@@ -54,5 +55,5 @@ class SelfImitationPPOLearner(ToolMachineSelfImitation, PPOTorchLearner):
     """PPO's clipped loss plus the self-imitation term."""
 
 
-class SelfImitationAPPOLearner(ToolMachineSelfImitation, APPOTorchLearner):
-    """APPO's clipped V-trace loss plus the self-imitation term."""
+class SelfImitationAPPOLearner(ToolMachineSelfImitation, BulkBatchMixin, APPOTorchLearner):
+    """APPO's clipped V-trace loss plus the self-imitation term; its batch built in bulk."""
