@@ -212,7 +212,8 @@ class LoopbackCluster:
 
 
 def _ray_processes_of(*temp_dirs):
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    # ww: the whole command line, whatever COLUMNS says (the temp dir is far into it)
+    out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if any(d in line for d in temp_dirs)]
 
 

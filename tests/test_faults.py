@@ -265,7 +265,17 @@ def test_killed_while_saving_keeps_the_previous_checkpoint_and_resume_goes_on(tm
     assert "eval @ iter 2" in log and "eval @ iter 3" not in log
     assert (out / "checkpoint").resolve().name == "iter_000001"
     assert _iters(out) == [".tmp-iter_000002", "best", "iter_000001"]  # best: iteration 1, the only one evaluated
-    assert not (out / "summary.json").exists()
+    # the live outputs, as of the last checkpoint: plot, report and eval read the killed run
+    live = json.loads((out / "summary.json").read_text())
+    assert (live["status"], live["iterations"], pathlib.Path(live["checkpoint"]).name) == ("running", 1, "iter_000001")
+    results = [json.loads(line) for line in (out / "result.jsonl").read_text().splitlines()]
+    assert [r["training_iteration"] for r in results] == [1, 2]  # every iteration it finished, RLlib's whole result
+    assert all(r["schema_version"] == 1 and "env_runners" in r and "learners" in r for r in results)
+    for command, written in (("plot", "curves.png"), ("report", "report.md")):
+        drawn = run_cli(command, str(out), timeout=300)
+        assert drawn.returncode == 0, drawn.stderr[-3000:]
+        assert (out / written).is_file()
+    assert "**running**" in (out / "report.md").read_text()
     with pytest.raises(CheckpointError, match="unfinished checkpoint"):
         resolve_checkpoint(out / "checkpoints" / ".tmp-iter_000002")
     assert resolve_checkpoint(out)[0].name == "iter_000001"
@@ -281,5 +291,8 @@ def test_killed_while_saving_keeps_the_previous_checkpoint_and_resume_goes_on(tm
     assert _iters(out) == ["best", "iter_000001", "iter_000002"]  # and no .tmp-* left
     assert (out / "checkpoint").resolve().name == "iter_000002"
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["iterations"] == 2
+    assert summary["iterations"] == 2 and summary["status"] == "finished"
+    # the killed run's line for iteration 2 gave way to the resumed run's
+    results = [json.loads(line) for line in (out / "result.jsonl").read_text().splitlines()]
+    assert [r["training_iteration"] for r in results] == [1, 2]
     assert summary["best_checkpoint"]["iteration"] in (1, 2)  # the resumed run kept the best so far or beat it

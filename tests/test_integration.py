@@ -551,3 +551,44 @@ def test_pattern_focus_counts_patterns_and_reaches_a_remote_runners_envs(local_r
         assert not np.allclose(np.diff(expected, prepend=0), 1 / 9)  # the errors moved the weights off uniform
     finally:
         algo.stop()
+
+
+RESTORE_IN_A_FRESH_PROCESS = """
+import json, sys
+import ray
+from ray.rllib.algorithms.algorithm import Algorithm
+from ray.rllib.core.rl_module.rl_module import RLModule
+
+assert not any(m.split(".")[0] in ("envs", "models", "rllib_app") for m in sys.modules), "imported first"
+ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+checkpoint = sys.argv[1]
+algo = Algorithm.from_checkpoint(checkpoint)
+restored_iteration = algo.training_iteration
+result = algo.train()
+module = RLModule.from_checkpoint(checkpoint + "/learner_group/learner/rl_module/default_policy")
+print(json.dumps({"restored_iteration": restored_iteration, "iteration": result["training_iteration"],
+                  "stage": result["curriculum"]["stage"], "module": type(module).__name__,
+                  "env_steps": result["env_runners"]["num_env_steps_sampled_lifetime"]}))
+algo.stop()
+ray.shutdown()
+"""
+
+
+@pytest.mark.integration
+def test_a_checkpoint_restores_and_trains_on_in_a_fresh_process_with_nothing_imported_first(local_ray, tmp_path):
+    """``Algorithm.from_checkpoint`` and ``RLModule.from_checkpoint`` as a user's own script
+    calls them: RLlib rebuilds the env from the checkpoint's config by its gymnasium id."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    summary = train_in_process(out, schedule="fixed", fixed_stages="1", max_iterations=1, eval_interval=1,
+                               eval_episodes=10, num_envs_per_env_runner=4, hidden_size=16)
+    checkpoint = str((out / "checkpoint").resolve())
+    proc = subprocess.run([sys.executable, "-c", RESTORE_IN_A_FRESH_PROCESS, checkpoint], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    restored = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert restored["restored_iteration"] == summary["iterations"] == 1 and restored["iteration"] == 2
+    assert restored["stage"] == 1 and restored["module"] == "ToolAgentGRUModule"
+    assert restored["env_steps"] > summary["env_steps"]

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -291,6 +292,69 @@ def test_every_json_and_parquet_file_a_run_writes_carries_its_schema_version(tra
         assert json.loads(path.read_text())["schema_version"] == SCHEMA_VERSION, path
     for path in (trained_run / "metrics.parquet", episodes_file[0]):
         assert pq.read_schema(path).metadata[b"schema_version"] == str(SCHEMA_VERSION).encode(), path
+
+
+@pytest.mark.integration
+def test_tensorboard_reads_the_runs_curves(trained_run):
+    """The README's `tensorboard --logdir OUTPUT/tensorboard`: what `make setup` installs
+    reads every iteration's scalars, at their env steps."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(trained_run / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"run/wall_seconds", "run/steps_per_second", "accuracy/greedy_accuracy_2m"} <= set(tags), tags
+    rows = pq.read_table(trained_run / "metrics.parquet").to_pylist()
+    assert [e.step for e in events.Scalars("run/wall_seconds")] == [r["env_steps"] for r in rows]
+
+
+def play_exported(path, stage, episodes, env_config, seed):
+    """docs/outputs.md's example: the exported policy, torch alone, greedy on a vector env."""
+    import torch
+
+    from envs import ToolMachineVectorEnv
+
+    policy = torch.export.load(str(path)).module()
+    hidden = json.loads(_extra(path)["toolagent.json"])["hidden_size"]
+    env = ToolMachineVectorEnv(env_config, num_envs=episodes)
+    obs, _ = env.reset(seed=seed, options={"stage": stage})
+    h = torch.zeros(episodes, hidden)
+    actions = [[] for _ in range(episodes)]
+    active = np.ones(episodes, dtype=bool)
+    while active.any():
+        with torch.no_grad():
+            logits, h = policy(torch.as_tensor(obs), h)
+        chosen = logits.argmax(-1).numpy()
+        for i in np.flatnonzero(active):
+            actions[i].append(int(chosen[i]))
+        obs, _, terminated, truncated, _ = env.step(chosen)
+        active &= ~(terminated | truncated)
+    return actions
+
+
+def _extra(path):
+    import torch
+
+    files = {"toolagent.json": ""}
+    torch.export.load(str(path), extra_files=files)
+    return files
+
+
+@pytest.mark.integration
+def test_the_exported_policy_plays_the_greedy_actions_eval_plays(trained_run, tmp_path):
+    from rllib_app.evaluation.evaluate import load_module, rollout
+
+    path = tmp_path / "policy.pt2"
+    proc = run_cli("export", str(trained_run), "--out", str(path), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads(_extra(path)["toolagent.json"])
+    assert meta["export_version"] == 1 and meta["action_names"][-1] == "ANS" and meta["hidden_size"] == 32
+    module, info = load_module(trained_run)
+    for stage in (0, 1, 2):
+        theirs = [e.actions for e in rollout(module, stage, 1000, env_config=info["env_config"], seed=11)]
+        assert play_exported(path, stage, 1000, info["env_config"], seed=11) == theirs, stage
+    bad = run_cli("export", str(trained_run), "--out", str(tmp_path / "policy.onnx"), timeout=120)
+    assert bad.returncode == 2 and "--out" in bad.stderr and "must name a .pt2 file" in bad.stderr
 
 
 @pytest.mark.integration

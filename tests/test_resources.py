@@ -41,3 +41,12 @@ def test_manual_leaves_the_flags_alone_and_auto_says_what_it_chose(capsys):
     assert capsys.readouterr().out.strip() == (
         "--resources auto (this machine: 16 CPU, 1 GPU): 15 env runners x 64 envs, the learner on the driver "
         "on 1 GPU, 15,360 env steps per learner and update")
+
+
+def test_the_bundles_asked_of_the_autoscaler_are_the_runs_remote_processes():
+    from rllib_app.training.resources import run_bundles
+
+    cfg = TrainConfig(algo="impala", num_env_runners=2, env_runner_resource="rollout_node", num_learners=1,
+                      num_gpus_per_learner=1, learner_resource="learner_node")
+    assert run_bundles(cfg) == [{"CPU": 1.0, "rollout_node": 1.0}] * 2 + [{"CPU": 1.0, "GPU": 1.0, "learner_node": 1.0}]
+    assert run_bundles(TrainConfig()) == []  # A2C on the driver: nothing remote to start

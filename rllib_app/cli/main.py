@@ -7,6 +7,7 @@
                                        (--episodes-out FILE.parquet: every episode as a row)
     toolagent explain CHECKPOINT       a few trajectories as readable rows
     toolagent explain --episodes FILE  ... read from an --episodes-out file instead
+    toolagent export CHECKPOINT        the policy as a .pt2 file that torch alone loads and steps
     toolagent plot DIR                 learning curves and action-token mix, DIR/curves.png
     toolagent report DIR               a one-page Markdown summary of a run, DIR/report.md
     toolagent ablate [flags]           the default recipe with each lever removed, over seeds
@@ -55,7 +56,7 @@ def build_parser(*, show_all: bool = False) -> argparse.ArgumentParser:
         prog="toolagent", description="Train a recurrent agent to use tools, with Ray RLlib.", allow_abbrev=False,
     )
     sub = parser.add_subparsers(
-        dest="command", required=True, metavar="{train,recipes,eval,explain,plot,report,ablate,tune,bench}"
+        dest="command", required=True, metavar="{train,recipes,eval,explain,export,plot,report,ablate,tune,bench}"
     )
 
     train = sub.add_parser("train", help="train with RLlib until every stage is solved", allow_abbrev=False,
@@ -106,6 +107,11 @@ def build_parser(*, show_all: bool = False) -> argparse.ArgumentParser:
     ex.add_argument("-n", type=positive, default=5, help="episodes to show (per eval row with --episodes; default: 5)")
     ex.add_argument("--seed", type=seed, default=0, help="seed of the episodes (default: 0)")
     ex.add_argument("--sample", action="store_true", help="sample actions instead of taking the greedy one")
+
+    xp = sub.add_parser("export", allow_abbrev=False,
+                        help="the trained policy as a .pt2 file (torch.export) that torch alone loads and steps")
+    xp.add_argument("checkpoint", help="a checkpoint directory, or a 'toolagent train' output directory")
+    xp.add_argument("--out", metavar="FILE.pt2", default="policy.pt2", help="where to write it (default: policy.pt2)")
 
     pl = sub.add_parser("plot", allow_abbrev=False, help="learning curves and the action-token mix of a run, as a PNG")
     pl.add_argument("run_dir", metavar="DIR", help="a 'toolagent train' output directory")
@@ -340,6 +346,24 @@ def _explain_file(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    resolve_checkpoint(args.checkpoint)
+    out = writable_file(args.out, "--out", ".pt2")
+    from envs import ACTION_NAMES
+    from models.export import export_policy
+    from rllib_app.evaluation.evaluate import load_module
+
+    module, info = load_module(args.checkpoint)
+    try:
+        export_policy(module, out, metadata={
+            "checkpoint": str(resolve_checkpoint(args.checkpoint)[0]), "env_config": info.get("env_config") or {},
+            "action_names": list(ACTION_NAMES)})
+    except ValueError as err:  # a module the export does not cover
+        raise UsageError(f"{args.checkpoint!r}: {err}") from None
+    print(f"wrote {out} (load: torch.export.load(path).module(); docs/outputs.md, 'An exported policy')")
+    return 0
+
+
 def _cmd_plot(args) -> int:
     from rllib_app.evaluation.plot import load_run, plot_run
 
@@ -370,7 +394,7 @@ def _cmd_bench(args) -> int:
     return bench.main(args)
 
 
-COMMANDS = {"train": _cmd_train, "recipes": _cmd_recipes, "eval": _cmd_eval, "explain": _cmd_explain, "plot": _cmd_plot, "report": _cmd_report, "bench": _cmd_bench}
+COMMANDS = {"train": _cmd_train, "recipes": _cmd_recipes, "eval": _cmd_eval, "export": _cmd_export, "explain": _cmd_explain, "plot": _cmd_plot, "report": _cmd_report, "bench": _cmd_bench}
 #: Commands that pass the flags they do not know on to 'toolagent train'.
 PASSTHROUGH = {"ablate": _cmd_ablate, "tune": sweep.main}
 

@@ -14,8 +14,9 @@ same episodes as the first N of ``toolagent eval --episodes N``), with each stag
 most common program written under the plot. A solved stage 2 reads as 9 tokens an
 episode with one ``STO`` and one ``RCL``; a policy on a memory-free shortcut has none.
 
-Input: ``DIR/summary.json`` (required: a finished, stopped or interrupted
-``toolagent train`` run), ``DIR/metrics.parquet`` (one row per iteration,
+Input: ``DIR/summary.json`` (required: written at a run's first checkpoint with
+``"status": "running"`` and again at every checkpoint and at the end, so a run still
+going or killed plots as far as it got), ``DIR/metrics.parquet`` (one row per iteration,
 ``rllib_app.outputs.history.METRICS_SCHEMA``) and ``DIR/checkpoint``. A run from before
 ``metrics.parquet`` existed still plots: its final greedy accuracy only, with a note
 on the figure saying why there are no curves; a run without a checkpoint gets a note
@@ -93,7 +94,7 @@ def load_run(run_dir: str | pathlib.Path) -> Run:
     if not summary_file.is_file():
         raise UsageError(
             f"{str(run_dir)!r} has no summary.json; pass a directory written by 'toolagent train --output DIR' "
-            "(the summary is written when the run ends)"
+            "(the summary is written at the run's first checkpoint)"
         )
     try:
         summary = json.loads(summary_file.read_text())
@@ -157,6 +158,8 @@ def _title(run: Run) -> str:
         outcome = f"every row reached {run.target_accuracy:g}"
     elif s.get("stopped_by"):
         outcome = f"stopped by {s['stopped_by']}"
+    elif s.get("status") in ("running", "failed"):
+        outcome = "as of its last checkpoint (running or killed)" if s["status"] == "running" else "failed"
     else:
         outcome = "target not reached"
     steps = s.get("env_steps")

@@ -52,6 +52,10 @@ def overview(run: Run) -> str:
         outcome = f"**Target not reached** (target: every eval row at or above {run.target_accuracy:g})"
         if s.get("stopped_by"):
             outcome += f"; stopped by {s['stopped_by']}"
+    if s.get("status") in ("running", "failed"):
+        # written at its last checkpoint: the run is still going, or was killed or failed there
+        outcome += (f"; **{s['status']}** (summary.json as of its last checkpoint: the run was still going, "
+                    "or it was killed or failed after it)" if s["status"] == "running" else f"; **{s['status']}**")
     numbers = []
     if s.get("iterations") is not None:
         numbers.append(f"{s['iterations']} iterations")

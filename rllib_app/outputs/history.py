@@ -14,6 +14,7 @@ steps: ``tensorboard --logdir runs``.
 
 from __future__ import annotations
 
+import json
 import math
 import pathlib
 from typing import Any
@@ -22,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from envs import MEMORY_STAGES, NUM_STAGES
-from rllib_app.outputs.checkpoints import write_parquet_atomic
+from rllib_app.outputs.checkpoints import versioned, write_parquet_atomic, write_text_atomic
 
 GREEDY_ROWS = tuple(r for s in range(NUM_STAGES) for r in ((str(s), f"{s}m") if s in MEMORY_STAGES else (str(s),)))
 LOSSES = ("policy_loss", "vf_loss", "entropy", "entropy_coeff", "sil_policy_loss", "sil_replay_size")
@@ -112,3 +113,38 @@ class MetricsHistory:
     def close(self) -> None:
         self.write()
         self._tb.close()
+
+
+#: RLlib's whole result of every iteration, one JSON object a line (what Tune keeps as
+#: ``result.json``), beside ``metrics.parquet``'s chosen columns.
+RESULT_LOG = "result.jsonl"
+
+
+def _jsonable(value: Any) -> Any:
+    """``json.dumps``' fallback for what an RLlib result holds besides plain Python."""
+    if hasattr(value, "tolist"):  # numpy scalars and arrays, torch tensors
+        return value.tolist()
+    return str(value)
+
+
+class ResultLog:
+    """``OUTPUT/result.jsonl``: each iteration's RLlib result, appended and flushed as it
+    comes (a killed run keeps every iteration it finished). A resumed run drops the lines
+    after its checkpoint's iteration first, as ``metrics.parquet`` does."""
+
+    def __init__(self, path: pathlib.Path, *, resume_after: int | None = None):
+        self.path = path
+        if resume_after is None or not path.is_file():
+            kept = []
+        else:
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("training_iteration", 0) <= resume_after]
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
+        self._file = open(path, "a")
+
+    def append(self, result: dict[str, Any]) -> None:
+        self._file.write(json.dumps(versioned(result), default=_jsonable) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()

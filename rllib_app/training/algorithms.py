@@ -15,9 +15,8 @@ from ray.rllib.algorithms.appo import APPO, APPOConfig
 from ray.rllib.algorithms.impala import IMPALA, IMPALAConfig
 from ray.rllib.algorithms.ppo import PPO, PPOConfig
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
-from ray.tune.registry import register_env
 
-from envs import ToolMachineEnv, make_tool_machine, observation_layout
+from envs import GYM_ENV_ID, ToolMachineEnv, observation_layout
 from envs.tool_machine import stage_context_len, stage_max_steps
 from models import ToolAgentGRUModule
 from rllib_app.config.train_config import TrainConfig
@@ -31,18 +30,17 @@ from rllib_app.training.learners import (
     SelfImitationPPOLearner,
 )
 
-ENV_NAME = "toolagent-ToolMachine-v0"
+#: The env as RLlib's env runners make it: a gymnasium id whose module prefix makes
+#: ``gym.make_vec`` import ``envs`` (which registers it) in any process, so a checkpoint
+#: restores with nothing imported first (``Algorithm.from_checkpoint``, ``Tuner.restore``).
+#: Its entry points build ``ToolMachineEnv`` or, in ``vector_entry_point`` mode, the numpy
+#: ``ToolMachineVectorEnv``; the env config arrives as keyword arguments.
+ENV_NAME = f"envs:{GYM_ENV_ID}"
 MODULE_ID = "default_policy"
 #: Sequence length of the learner's batches: at least this (what stages 0-2 were measured
 #: with), and the longest trained episode plus the extra observation RLlib keeps.
 MIN_SEQ_LEN = 16
 CURRICULUM_STATE_KEY = "toolagent_curriculum"
-
-
-def register_tool_machine() -> None:
-    # make_tool_machine: a single env, or with "num_envs" in the config (RLlib's
-    # vector_entry_point mode) the numpy ToolMachineVectorEnv.
-    register_env(ENV_NAME, make_tool_machine)
 
 
 def max_seq_len(cfg: TrainConfig) -> int:
@@ -165,7 +163,6 @@ def _fault_tolerance(config, cfg: TrainConfig):
 
 def build_config(cfg: TrainConfig):
     """The RLlib ``AlgorithmConfig`` for ``cfg`` (not yet built)."""
-    register_tool_machine()
     config, learner_class, fragment = _algorithm_config(cfg)
     config = _fault_tolerance(config, cfg)
     return (

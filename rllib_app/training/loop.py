@@ -40,10 +40,15 @@ from rllib_app.outputs.checkpoints import (
     save_checkpoint,
     write_json_atomic,
 )
-from rllib_app.outputs.history import MetricsHistory, finite_metric, metrics_row
+from rllib_app.outputs.history import RESULT_LOG, MetricsHistory, ResultLog, finite_metric, metrics_row
 from rllib_app.training.algorithms import MODULE_ID, build_config, module_spec
 from rllib_app.training.progress import ProgressDisplay
-from rllib_app.training.resources import init_ray, placement, resolve_on_running_ray
+from rllib_app.training.resources import (
+    init_ray,
+    placement,
+    release_requested_resources,
+    resolve_on_running_ray,
+)
 
 
 class StopSignals:
@@ -156,10 +161,41 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
     display = ProgressDisplay()
     shown_promotions = len(curriculum.promotions)
     shown_review = curriculum.review_from is not None
+    stopping = False
+
+    def summary(status: str) -> dict[str, Any]:
+        """The run as it stands: ``status`` running (written at every checkpoint), finished,
+        stopped (by a signal) or failed (docs/outputs.md)."""
+        return {
+            "status": status,
+            "target_reached": target_reached,
+            # the signal that ended the run early (its last checkpoint is the one to --resume)
+            "stopped_by": stop.received if stopping else None,
+            "accuracy": {s: v["accuracy"] for s, v in accuracy.items()},
+            "mean_return": {s: v["mean_return"] for s, v in accuracy.items()},
+            "env_steps": env_steps,
+            "wall_seconds": round(time.time() - start, 1),
+            "eval_seconds": round(eval_seconds, 1),
+            "iterations": iteration,
+            "checkpoint": str(checkpoint) if checkpoint else None,
+            # the evaluated checkpoint with the best greedy accuracy (checkpoints.keep_best)
+            "best_checkpoint": {"path": str(output / "checkpoints" / BEST_DIR), **best} if best else None,
+            "algo": cfg.algo,
+            "variant": cfg.variant,
+            "seed": cfg.seed,
+            "promotions": [{"iteration": i, "stage": s} for i, s in curriculum.promotions],
+            "entropy_bumps": [{"iteration": i, "env_steps": n, "stage": s} for i, n, s in curriculum.entropy_bumps],
+            "review_from": curriculum.review_from,
+            "placement": where,
+            "config": dataclasses.asdict(cfg),
+        }
+
+    results = ResultLog(output / RESULT_LOG, resume_after=iteration if resume_from is not None else None)
     with StopSignals() as stop:
         try:
             while True:
                 result = algo.train()
+                results.append(result)
                 iteration = int(result.get("training_iteration", iteration + 1))
                 sampled = finite_metric(result.get("env_runners", {}).get("num_env_steps_sampled_lifetime"))
                 env_steps = int(sampled) if sampled is not None else env_steps
@@ -229,35 +265,21 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
                 caller_stops = on_iteration is not None and on_iteration(metrics, new_checkpoint) is True
                 if target_reached or out_of_time or out_of_iters or stopping or caller_stops:
                     break
+                if new_checkpoint is not None:  # plot, report and eval can read the run meanwhile
+                    write_json_atomic(output / "summary.json", summary("running"))
+        except BaseException as err:  # the summary says so, then the error goes on
+            write_json_atomic(output / "summary.json", summary("stopped" if isinstance(err, KeyboardInterrupt) else "failed"))
+            raise
         finally:
             display.close()
             history.close()
+            results.close()
             algo.stop()
+            release_requested_resources()
             if started_ray:
                 ray.shutdown()
 
-    summary = {
-        "target_reached": target_reached,
-        # the signal that ended the run early (its last checkpoint is the one to --resume)
-        "stopped_by": stop.received if stopping else None,
-        "accuracy": {s: v["accuracy"] for s, v in accuracy.items()},
-        "mean_return": {s: v["mean_return"] for s, v in accuracy.items()},
-        "env_steps": env_steps,
-        "wall_seconds": round(time.time() - start, 1),
-        "eval_seconds": round(eval_seconds, 1),
-        "iterations": iteration,
-        "checkpoint": str(checkpoint) if checkpoint else None,
-        # the evaluated checkpoint with the best greedy accuracy (checkpoints.keep_best)
-        "best_checkpoint": {"path": str(output / "checkpoints" / BEST_DIR), **best} if best else None,
-        "algo": cfg.algo,
-        "variant": cfg.variant,
-        "seed": cfg.seed,
-        "promotions": [{"iteration": i, "stage": s} for i, s in curriculum.promotions],
-        "entropy_bumps": [{"iteration": i, "env_steps": n, "stage": s} for i, n, s in curriculum.entropy_bumps],
-        "review_from": curriculum.review_from,
-        "placement": where,
-        "config": dataclasses.asdict(cfg),
-    }
-    write_json_atomic(output / "summary.json", summary)
-    return summary
+    final = summary("stopped" if stopping else "finished")
+    write_json_atomic(output / "summary.json", final)
+    return final
 

@@ -43,11 +43,50 @@ def check_resources(cfg: TrainConfig, available: dict[str, float], where: str) -
         raise _resource_error(cfg, missing, where)
 
 
+def run_bundles(cfg: TrainConfig) -> list[dict[str, float]]:
+    """What the run's remote processes take, one bundle each: every env runner and every
+    remote learner (the driver is already running)."""
+    runner = {"CPU": float(cfg.num_cpus_per_env_runner),
+              **({cfg.env_runner_resource: 1.0} if cfg.env_runner_resource else {})}
+    learner = {"CPU": 1.0, **({"GPU": float(cfg.num_gpus_per_learner)} if cfg.num_gpus_per_learner else {}),
+               **({cfg.learner_resource: 1.0} if cfg.learner_resource else {})}
+    return [dict(runner) for _ in range(cfg.num_env_runners)] + [dict(learner) for _ in range(cfg.num_learners)]
+
+
+#: Whether this process asked the autoscaler for resources (cleared when the run ends).
+_requested = False
+
+
+def request_run_resources(cfg: TrainConfig) -> None:
+    """Tell Ray's autoscaler what the run needs, so it starts the nodes: waiting alone
+    creates no demand (cluster.yaml's learner nodes start from zero)."""
+    global _requested
+    from ray.autoscaler.sdk import request_resources
+
+    bundles = run_bundles(cfg)
+    request_resources(bundles=bundles)
+    _requested = True
+    print(f"asked the autoscaler for {len(bundles)} bundle(s): {cfg.num_env_runners} env runner(s), "
+          f"{cfg.num_learners} learner(s)", flush=True)
+
+
+def release_requested_resources() -> None:
+    """Withdraw ``request_run_resources``' request (the autoscaler may scale down again)."""
+    global _requested
+    if _requested and ray.is_initialized():
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[])
+    _requested = False
+
+
 def wait_for_cluster_resources(cfg: TrainConfig) -> None:
     """On a cluster an autoscaler may still add the nodes (cluster.yaml's min_workers 0):
-    wait up to --resource-wait-minutes, then fail with what is missing."""
+    ask it for them, wait up to --resource-wait-minutes, then fail with what is missing."""
     deadline = time.time() + cfg.resource_wait_minutes * 60
     next_note = 0.0
+    if missing_resources(cfg, ray.cluster_resources()):
+        request_run_resources(cfg)
     while missing := missing_resources(cfg, ray.cluster_resources()):
         if time.time() >= deadline:
             raise _resource_error(cfg, missing, f"the Ray cluster (after {cfg.resource_wait_minutes:g} min)")
