@@ -1,6 +1,7 @@
 """``toolagent bench`` and the hand-written baseline: correctness, not speed."""
 
 import json
+import os
 
 import pytest
 
@@ -241,3 +242,30 @@ def test_a_training_ended_by_a_signal_ends_the_bench(tmp_path, monkeypatch):
     monkeypatch.setattr(rllib_app.training.loop, "train", lambda cfg, on_iteration: {"stopped_by": "SIGTERM"})
     with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
         bench_rllib_training_row("a2c", BenchSettings(output=tmp_path), tmp_path)
+
+
+def test_the_scaling_settings_are_what_a_machine_hosts():
+    labels = [label for label, _ in bench.scaling_settings(2, 0)]
+    assert labels == ["one process (driver samples)", "1 env runner(s)"]
+    sixteen = dict(bench.scaling_settings(16, 1))
+    assert [o.get("num_env_runners") for o in sixteen.values()] == [0, 1, 2, 4, 8, 8, 8]
+    assert sixteen["8 env runner(s), GPU learner"] == {"num_env_runners": 8, "num_gpus_per_learner": 1}
+    assert sixteen["8 env runner(s), 2 CPU learners (DDP)"] == {"num_env_runners": 8, "num_learners": 2}
+    assert "1 env runner(s), 2 CPU learners (DDP)" in dict(bench.scaling_settings(4, 0))
+
+
+@pytest.mark.integration
+def test_bench_scaling_trains_each_algorithm_on_each_setting(tmp_path):
+    out = tmp_path / "bench"
+    proc = run_cli("bench", "--sections", "scaling", "--algos", "a2c,impala", "--minutes-per-training", "0.1",
+                   "--output", str(out), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((out / "bench.json").read_text())["scaling"]
+    settings = [label for label, _ in bench.scaling_settings(os.cpu_count(), 0)]
+    assert [(r["algo"], r["setting"]) for r in rows] == [(a, s) for a in ("impala", "a2c") for s in settings]
+    for r in rows:
+        assert "error" not in r, r
+        assert r["num_env_runners"] == r["overrides"]["num_env_runners"] and r["steps_per_second"] > 0
+    # A2C's batch follows its runners (the batch rule); IMPALA's stays 256
+    assert {r["train_batch_size_per_learner"] for r in rows if r["algo"] == "impala"} == {256}
+    assert "Scaling: every resource setting" in proc.stdout and "vs one process" in proc.stdout

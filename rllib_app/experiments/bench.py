@@ -69,6 +69,8 @@ ALGOS = ("impala", "a2c", "ppo")
 TRAINING_ALGOS = ("impala", "a2c")
 #: The sections of bench.json, in the order they run.
 SECTIONS = ("raw_env", "inference", "learner", "baseline", "rllib_sampling", "rllib_training")
+#: Sections run only when named (``--sections scaling``): a training per resource setting.
+OPT_IN_SECTIONS = ("scaling",)
 #: ``rllib_app.experiments.baseline.MILESTONES`` (not imported here: it would load torch for every CLI command).
 MILESTONE_ROWS = {"stage 0": ("0",), "stages 0-1": ("0", "1"), "stages 0-2": ("0", "1", "2", "2m")}
 
@@ -369,14 +371,17 @@ def bench_rllib_training(settings: BenchSettings, output: pathlib.Path) -> list[
 WALL_CAP_FACTOR = 5
 
 
-def bench_rllib_training_row(algo: str, settings: BenchSettings, output: pathlib.Path) -> dict[str, Any]:
+def bench_rllib_training_row(algo: str, settings: BenchSettings, output: pathlib.Path,
+                             overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``toolagent train --algo ALGO`` (its defaults, ``overrides`` on top) to the budget,
+    with the milestones it reached."""
     from rllib_app.training.loop import train
 
     budget = settings.minutes_per_training * 60
     # the budget is training seconds, as the baseline's (evaluating after every update costs
     # A2C about twice its training time); the wall-clock cap only guards against a hang
     cfg = TrainConfig(algo=algo, max_minutes=settings.minutes_per_training * WALL_CAP_FACTOR, seed=settings.seed,
-                      output=str(output), **_evaluation_flags(algo)).validate()
+                      output=str(output), **_evaluation_flags(algo), **(overrides or {})).validate()
     points: list[dict[str, Any]] = []
     evaluated = [0.0]  # eval_seconds as of the previous iteration
     trained = [0.0]  # training seconds as of the last iteration
@@ -400,7 +405,8 @@ def bench_rllib_training_row(algo: str, settings: BenchSettings, output: pathlib
     return {
         "algo": cfg.algo, "config": f"toolagent train --algo {cfg.algo} defaults, " + " ".join(
             f"--{k.replace('_', '-')} {v:g}" for k, v in _evaluation_flags(algo).items()),
-        "num_env_runners": cfg.num_env_runners,
+        "num_env_runners": cfg.num_env_runners, "num_learners": cfg.num_learners,
+        "num_gpus_per_learner": cfg.num_gpus_per_learner, "train_batch_size_per_learner": cfg.train_batch_size_per_learner,
         "num_envs_per_env_runner": cfg.num_envs_per_env_runner, "fast_env_runner": cfg.fast_env_runner,
         "native_vector_env": cfg.native_vector_env, "budget_minutes": settings.minutes_per_training,
         "stopped_by": "budget" if trained[0] >= budget else "target" if summary["target_reached"] else "wall cap",
@@ -410,6 +416,64 @@ def bench_rllib_training_row(algo: str, settings: BenchSettings, output: pathlib
         "steps_per_second": _training_rate(summary["env_steps"], seconds, summary["eval_seconds"]),
         "iterations": summary["iterations"], "evaluations": len(points),
     }
+
+
+def scaling_settings(cpus: int, gpus: int) -> list[tuple[str, dict[str, Any]]]:
+    """The resource settings a machine with ``cpus`` CPUs and ``gpus`` GPUs can host, one
+    process first: 1, 2, 4, ... env runners (one CPU each, one left for the driver), the
+    GPU learner with the most runners, two CPU learners (DDP) where they fit."""
+    settings: list[tuple[str, dict[str, Any]]] = [("one process (driver samples)", {"num_env_runners": 0})]
+    runners, most = 1, 0
+    while 1 + runners <= cpus:
+        settings.append((f"{runners} env runner(s)", {"num_env_runners": runners}))
+        most, runners = runners, runners * 2
+    if gpus:
+        settings.append((f"{most} env runner(s), GPU learner", {"num_env_runners": most, "num_gpus_per_learner": 1}))
+    if cpus >= 4:
+        fit = min(most, cpus - 3)
+        settings.append((f"{fit} env runner(s), 2 CPU learners (DDP)", {"num_env_runners": fit, "num_learners": 2}))
+    return settings
+
+
+def bench_scaling(settings: BenchSettings, output: pathlib.Path) -> list[dict[str, Any]]:
+    """Each training algorithm on every setting of ``scaling_settings`` for this machine."""
+    import torch
+
+    rows = []
+    for algo in (a for a in TRAINING_ALGOS if a in settings.algos):
+        for i, (label, overrides) in enumerate(scaling_settings(os.cpu_count() or 1, torch.cuda.device_count())):
+            _log(f"  scaling: {algo}, {label} ({settings.minutes_per_training * 60:.0f} s) ...")
+            try:
+                row = bench_rllib_training_row(algo, settings, output / f"{algo}-{i}", overrides)
+            except KeyboardInterrupt:
+                raise
+            except Exception as err:
+                row = {"algo": algo, "error": repr(err)}
+                _log(f"  scaling {algo}, {label}: failed: {err!r}")
+            rows.append({"setting": label, "overrides": overrides, **row})
+    return rows
+
+
+def scaling_table(rows: list[dict[str, Any]]) -> str:
+    """One line a setting: env steps/s while training, time and env steps to stages 0-2,
+    and the ratios to the same algorithm's one-process setting."""
+    lines = ["| algo | setting | batch per learner | env steps/s | stages 0-2 (2m): training s, env steps | "
+             "env steps/s vs one process | time vs one process |", "| --- | --- | ---: | ---: | --- | ---: | ---: |"]
+    first: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['algo']} | {r['setting']} | - | failed: {r['error'][:60]} | - | - | - |")
+            continue
+        base = first.setdefault(r["algo"], r)
+        done = r["milestones"]["stages 0-2"]
+        base_done = base["milestones"]["stages 0-2"]
+        reached = f"{done['training_seconds']:.1f} s, {done['env_steps']:,}" if done["reached"] else "not reached"
+        time_ratio = (f"{done['training_seconds'] / base_done['training_seconds']:.2f}x"
+                      if done["reached"] and base_done["reached"] else "-")
+        lines.append(f"| {r['algo']} | {r['setting']} | {r['train_batch_size_per_learner']:,} | "
+                     f"{r['steps_per_second']:,.0f} | {reached} | {_ratio(r['steps_per_second'], base['steps_per_second'])} "
+                     f"| {time_ratio} |")
+    return "\n".join(lines)
 
 
 def _evaluation_flags(algo: str) -> dict[str, Any]:
@@ -507,9 +571,9 @@ def run(settings: BenchSettings, command: str = "") -> dict[str, Any]:
         for (one, where), into in zip(runs, seed_runs):
             _log(f"baseline ({settings.minutes_per_training * 60:.0f} s, seed {one.seed}) ...")
             _section(report, "baseline", bench_baseline, one, where, into=into)
-    if wanted & {"learner", "rllib_sampling", "rllib_training"}:
+    if wanted & {"learner", "rllib_sampling", "rllib_training", "scaling"}:
         # one local Ray of our own for every RLlib section; runner output stays out of our table
-        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
                  configure_logging=True, logging_level="ERROR")
         try:
             if "learner" in wanted:
@@ -524,6 +588,9 @@ def run(settings: BenchSettings, command: str = "") -> dict[str, Any]:
                 for (one, where), into in zip(runs, seed_runs):
                     _log(f"rllib training (seed {one.seed}) ...")
                     _section(report, "rllib_training", bench_rllib_training, one, where / "rllib_training", into=into)
+            if "scaling" in wanted:
+                _log("scaling ...")
+                _section(report, "scaling", bench_scaling, settings, out / "scaling")
         finally:
             ray.shutdown()
     # the main table is the first seed's; the table over seeds adds the others
@@ -533,6 +600,8 @@ def run(settings: BenchSettings, command: str = "") -> dict[str, Any]:
     report["load_average_at_end"] = list(os.getloadavg())
     report["total_seconds"] = round(time.perf_counter() - began, 1)
     report["table"] = bench_table(report)
+    if isinstance(report.get("scaling"), list):
+        report["table"] += "\n\nScaling: every resource setting this machine hosts\n\n" + scaling_table(report["scaling"])
     write_json_atomic(out / "bench.json", report)
     return report
 
@@ -723,8 +792,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train the baseline and the RLlib algorithms once per seed (the other sections run "
                              "with the first) and add a table of the milestones per seed and their medians")
     parser.add_argument("--sections", default=",".join(SECTIONS), metavar="A,B",
-                        help=f"which sections to run, of {', '.join(SECTIONS)} (default: all; the milestones "
-                             "alone: baseline,rllib_training)")
+                        help=f"which sections to run, of {', '.join(SECTIONS)} (default: these), and scaling "
+                             "(only when named: a2c and impala trained on every resource setting this machine hosts; "
+                             "the milestones alone: baseline,rllib_training)")
     parser.add_argument("--algos", default=",".join(ALGOS), metavar="A,B",
                         help=f"which RLlib algorithms to sample and train, of {', '.join(ALGOS)} (default: all; "
                              f"the milestones are trained for {' and '.join(TRAINING_ALGOS)})")
@@ -741,9 +811,9 @@ def main(args: argparse.Namespace) -> int:
             raise UsageError("give --seed or --seeds, not both")
         seeds = tuple(parse_seeds(args.seeds))
     sections = tuple(s.strip() for s in args.sections.split(",") if s.strip())
-    unknown = [s for s in sections if s not in SECTIONS]
+    unknown = [s for s in sections if s not in SECTIONS + OPT_IN_SECTIONS]
     if unknown or not sections:
-        raise UsageError(f"--sections {args.sections!r}: each must be one of {', '.join(SECTIONS)}")
+        raise UsageError(f"--sections {args.sections!r}: each must be one of {', '.join(SECTIONS + OPT_IN_SECTIONS)}")
     algos = tuple(a.strip() for a in args.algos.split(",") if a.strip())
     if not algos or any(a not in ALGOS for a in algos):
         raise UsageError(f"--algos {args.algos!r}: each must be one of {', '.join(ALGOS)}")
