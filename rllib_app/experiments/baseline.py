@@ -383,12 +383,12 @@ class GreedyEvaluator:
 # Training
 def train(args: Args, on_eval: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train until every milestone is reached or the budget runs out; returns the result."""
-    with _torch_threads(args.torch_threads):
+    with torch_threads(args.torch_threads):
         return _train(args, on_eval)
 
 
 @contextlib.contextmanager
-def _torch_threads(n: int):
+def torch_threads(n: int):
     """torch's intra-op threads for a while (a caller such as ``toolagent bench`` keeps its own)."""
     before = torch.get_num_threads()
     torch.set_num_threads(n)
@@ -518,7 +518,7 @@ def _train(args: Args, on_eval) -> dict[str, Any]:
 
 def sampling_rate(args: Args, seconds: float = 2.0) -> float:
     """Env steps/s of the baseline's sampling alone (policy forward + env, no learning)."""
-    with _torch_threads(args.torch_threads):
+    with torch_threads(args.torch_threads):
         sampler = Sampler(args, GRUActorCritic(args.hidden_size, args.embed_dim))
         sampler.rollout(args.rollout_steps)  # warm up
         start, steps = time.perf_counter(), sampler.env_steps

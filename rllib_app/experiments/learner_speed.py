@@ -20,7 +20,6 @@ Results to expect: docs/benchmarks.md, "The learner alone".
 
 from __future__ import annotations
 
-import contextlib
 import pathlib
 import time
 from typing import Any
@@ -33,19 +32,6 @@ BATCH_SIZES = (1024, 4096, 16384)
 QUICK_BATCH_SIZES = (1024,)
 #: env steps each env contributes to one batch (A2C's default chunk: 64 envs x 16 = 1,024)
 CHUNK = 16
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int | None):
-    import torch
-
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def learner_config(algo: str, batch: int, device: str, seed: int, output: pathlib.Path) -> TrainConfig:
@@ -102,6 +88,8 @@ def bench_learner(algos: tuple[str, ...], quick: bool, seed: int, output: pathli
     where torch sees a GPU)."""
     import torch
 
+    from rllib_app.experiments.baseline import torch_threads
+
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
     for algo in [a for a in algos if a in LEARNER_ALGOS]:
@@ -111,7 +99,7 @@ def bench_learner(algos: tuple[str, ...], quick: bool, seed: int, output: pathli
                 row = {"algo": algo, "batch_env_steps": batch, "device": device,
                        "torch_threads": 1 if device == "cpu" else torch.get_num_threads()}
                 try:
-                    with _torch_threads(1 if device == "cpu" else None):
+                    with torch_threads(1 if device == "cpu" else torch.get_num_threads()):
                         row.update(time_learner(cfg, updates=3 if quick else 10, warmup=2 if quick else 5))
                 except Exception as err:  # one setting failing leaves the others' figures
                     row["error"] = repr(err)
