@@ -36,7 +36,11 @@ Zero-padded steps (learner batches are padded to ``max_seq_len``) have previous
 action 0, not the start token, so they never reset the state. When the batch carries
 ``seq_lens`` (RLlib's learner batches do), the per-step layers and the GRU run on each
 row's real steps only: outputs and gradients there are what the full unroll gives
-(tested); a padded step gets zeros from the heads and its row's last real state.
+(tested); a padded step gets zeros from the heads. Learner batches step their recurrence
+with ``models.packed_gru`` (the real steps packed, the backward pass written out: the
+GRU cell's values and gradients, a fraction of autograd's cost on the CPU); env runners'
+single steps and the research options (attention, an episode starting inside a row) with
+the cell step by step.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ from ray.rllib.core.rl_module.apis import (
 from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 from ray.rllib.utils.annotations import override
 from torch import nn
+
+from models.packed_gru import packed_gru
 
 MASKED_LOGIT = -1e9
 #: How the context tokens are read (``context_encoder`` in ``model_config``).
@@ -297,6 +303,10 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Infe
         # row of max_seq_len), and the recurrence is causal, so real steps are unchanged.
         # A finished row keeps its last real state; its padded steps are masked out of every loss.
         order, active = _active_prefix(real, B, T)
+        # learner batches (they carry seq_lens): the packed recurrence, its backward written out
+        if real is not None and not self._attention and not late_starts:
+            features, h = _packed_unroll(net.gru, step_inputs, h, real, order, active)
+            return features, {"h": h}, mask
         if order is not None:
             h, step_inputs = h[order], step_inputs[order]
             if late_starts:
@@ -339,6 +349,27 @@ def _active_prefix(real: Optional[torch.Tensor], B: int, T: int) -> tuple[Option
     if active[-1] == B:
         return None, active
     return torch.argsort(lengths, descending=True, stable=True), active
+
+
+def _packed_unroll(cell: nn.GRUCell, step_inputs: torch.Tensor, h: torch.Tensor, real: Optional[torch.Tensor],
+                   order: Optional[torch.Tensor], active: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_unroll``'s recurrence for training: the real steps packed time-major, their input
+    side in one product, then ``packed_gru`` (its backward written out). Returns the features
+    ``[B, T, H]`` (zeros at padded steps, which no head reads) and each row's final state."""
+    B, T = step_inputs.shape[:2]
+    if order is not None:
+        rows, h, valid = order, h[order], real[order].t()
+    else:
+        rows, valid = torch.arange(B, device=h.device), torch.ones(T, B, dtype=torch.bool, device=h.device)
+    t_idx, b_idx = valid.nonzero(as_tuple=True)  # time-major: the packed order
+    source = rows[b_idx]  # each packed step's row in the batch
+    gi = nn.functional.linear(step_inputs[source, t_idx], cell.weight_ih, cell.bias_ih)
+    out, h = packed_gru(gi, h, cell.weight_hh, cell.bias_hh, active)
+    features = out.new_zeros(B * T, out.shape[1])
+    features.index_copy_(0, source * T + t_idx, out)
+    if order is not None:
+        h = h[torch.argsort(order)]
+    return features.view(B, T, -1), h
 
 
 def _real_steps(batch: dict[str, Any], like: torch.Tensor) -> Optional[torch.Tensor]:

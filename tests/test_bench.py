@@ -269,3 +269,25 @@ def test_bench_scaling_trains_each_algorithm_on_each_setting(tmp_path):
     # A2C's batch follows its runners (the batch rule); IMPALA's stays 256
     assert {r["train_batch_size_per_learner"] for r in rows if r["algo"] == "impala"} == {256}
     assert "Scaling: every resource setting" in proc.stdout and "vs one process" in proc.stdout
+
+
+def test_the_learner_settings_are_what_a_machine_hosts():
+    from rllib_app.experiments.learner_speed import learner_settings
+
+    assert learner_settings(1, False) == [("cpu", 1)]
+    assert learner_settings(2, False) == [("cpu", 1), ("cpu", 2)]
+    assert learner_settings(16, True) == [("cpu", 1), ("cuda", 1), ("cpu", 2)]
+
+
+@pytest.mark.integration
+def test_the_learner_bench_times_two_cpu_learners_sharing_the_batch(local_ray, tmp_path):
+    """The learner bench's DDP row: RLlib's LearnerGroup splits the sampled batch between two
+    remote learners; each takes its share (the batch rule per learner) and the timing counts
+    the whole batch."""
+    from rllib_app.experiments.learner_speed import learner_config, time_learner
+
+    cfg = learner_config("a2c", 512, "cpu", 0, tmp_path, learners=2)
+    assert cfg.num_learners == 2 and cfg.train_batch_size_per_learner == 256
+    row = time_learner(cfg, updates=2, warmup=1)
+    assert row["env_steps_per_update"] >= 512 and row["updates"] == 2
+    assert row["env_steps_per_s"] == pytest.approx(row["env_steps_per_update"] * 2 / row["seconds"], rel=0.01)

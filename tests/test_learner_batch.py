@@ -92,3 +92,33 @@ def test_a_batch_other_pieces_started_goes_to_rllibs_pipeline():
                shared_data={}, metrics=None)
     assert (bulk.bulk_calls, bulk.fallback_calls) == (before[0], before[1] + 1)
     assert out[MODULE_ID][Columns.OBS].shape[0] == out[MODULE_ID][Columns.SEQ_LENS].shape[0]
+
+
+def test_a2c_steps_each_row_up_to_its_bootstrap_step_and_learns_the_same():
+    """The step added to each chunk for V's bootstrap is out of A2C's loss: its forward pass
+    stops before it (``_without_bootstrap_steps``), and the loss and its gradients stay."""
+    from rllib_app.rl.a2c import _without_bootstrap_steps
+
+    runner, learner = _setup(BatchedEnvRunner)
+    episodes = runner.sample(num_timesteps=300, random_actions=False)
+    _, batch = _both(learner, episodes)
+    trimmed = _without_bootstrap_steps(batch)
+    assert torch.equal(trimmed[Columns.SEQ_LENS], batch[Columns.LOSS_MASK].sum(1))
+    assert int(trimmed[Columns.SEQ_LENS].sum()) == int(batch[Columns.SEQ_LENS].sum()) - len(episodes)
+    module = learner.module[MODULE_ID]
+    config = learner.config.get_config_for_module(MODULE_ID)
+    results = []
+    for b in (batch, trimmed):
+        module.zero_grad()
+        loss = learner.compute_loss_for_module(module_id=MODULE_ID, config=config, batch=b, fwd_out=module.forward_train(b))
+        loss.backward()
+        results.append((loss.detach(), {k: p.grad.clone() for k, p in module.named_parameters() if p.grad is not None}))
+    (full_loss, full_grads), (loss, grads) = results
+    torch.testing.assert_close(loss, full_loss)
+    assert grads.keys() == full_grads.keys()
+    for k in grads:
+        torch.testing.assert_close(grads[k], full_grads[k], msg=k)
+    # a mask that is not a prefix of its row (not a bulk or RLlib batch) is left as it came
+    gapped = dict(batch, **{Columns.LOSS_MASK: batch[Columns.LOSS_MASK].clone()})
+    gapped[Columns.LOSS_MASK][0, 0] = False
+    assert _without_bootstrap_steps(gapped) is gapped

@@ -656,7 +656,8 @@ def bench_table(report: dict[str, Any]) -> str:
     learner = report.get("learner")
     for row in learner if isinstance(learner, list) else []:
         what = f"RLlib {row['algo']} learner alone (batch + update)"
-        setting = f"{row['batch_env_steps']:,}-step batch, {row['device']} ({row['torch_threads']} thread(s))"
+        setting = (f"{row['batch_env_steps']:,}-step batch, {row.get('learners', 1)} x {row['device']} "
+                   f"({row['torch_threads']} thread(s) each)")
         if "error" in row:
             lines.append(f"| {what} | {setting} | error | - |")
         else:

@@ -319,6 +319,10 @@ class A2CLearner(TorchLearner):
             self.metrics.log_value((module_id, "entropy_coeff"), value, window=1)
 
     @override(TorchLearner)
+    def _uncompiled_update(self, batch, **kwargs):
+        return super()._uncompiled_update({mid: _without_bootstrap_steps(b) for mid, b in batch.items()}, **kwargs)
+
+    @override(TorchLearner)
     def compute_loss_for_module(self, *, module_id, config: A2CConfig, batch, fwd_out):
         module = self.module[module_id].unwrapped()
         dist = module.get_train_action_dist_cls().from_logits(fwd_out[Columns.ACTION_DIST_INPUTS])
@@ -336,3 +340,20 @@ class A2CLearner(TorchLearner):
         total = parts.pop("total")
         self.metrics.log_dict(parts, key=module_id, window=1)
         return total
+
+
+def _without_bootstrap_steps(batch):
+    """The minibatch with each row's sequence ending before its bootstrap step.
+
+    The step added to each chunk so V could bootstrap its return is out of the loss, and
+    its value target is already in the batch: the forward pass need not step it. It is a
+    chunk's last step, so the last real step of its row (often a row of its own), and
+    the loss mask is then a prefix of every row: its length is the row's new sequence
+    length. Anything else (no mask, a mask with gaps) is left as it came."""
+    mask, seq_lens = batch.get(Columns.LOSS_MASK), batch.get(Columns.SEQ_LENS)
+    if mask is None or seq_lens is None or mask.dim() != 2:
+        return batch
+    lengths = mask.sum(1)
+    if not torch.equal(torch.arange(mask.shape[1], device=mask.device)[None, :] < lengths[:, None], mask.bool()):
+        return batch
+    return {**batch, Columns.SEQ_LENS: lengths.to(seq_lens.dtype)}
