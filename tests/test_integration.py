@@ -23,6 +23,8 @@ def test_train_then_eval_and_explain_from_the_command_line(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("iter ") >= 3 and "greedy accuracy" in proc.stdout
+    # IMPALA's batch and rate are its own (the square-root rule is A2C's and PPO's)
+    assert "batch: 256 env steps per learner and update, learning rate 0.002" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) >= {"target_reached", "accuracy", "env_steps", "wall_seconds", "checkpoint", "algo"}
     assert summary["algo"] == "impala" and summary["iterations"] == 3 and summary["env_steps"] > 0

@@ -46,7 +46,7 @@ _DRILL_EXAMPLE = ",".join(map(str, DRILL_PATH))
 FLAG_GROUPS: dict[str, tuple[str, ...]] = {
     "task": ("variant", "stage_path", "schedule", "promotion_accuracy", "accuracy_window", "replay_probability",
              "hard_fraction", "action_mask", "shaping", "target_accuracy"),
-    "algorithm": ("algo", "lr", "gamma", "entropy_coeff", "entropy_schedule", "vf_loss_coeff", "gae_lambda",
+    "algorithm": ("algo", "lr", "lr_scaling", "gamma", "entropy_coeff", "entropy_schedule", "vf_loss_coeff", "gae_lambda",
                   "standardize_advantages", "num_epochs", "train_batch_size_per_learner", "rollout_fragment_length",
                   "step_limit_terminates", "hidden_size", "sil_coeff", "sil_batch_episodes", "sil_capacity",
                   "sil_priority_alpha", "sil_join_chunks"),
@@ -238,7 +238,13 @@ class TrainConfig:
         "spread evenly over the path)", minimum=0, maximum=1,
     )
     # -- optimisation ----------------------------------------------------------------------------
-    lr: float = flag(2e-3, "learning rate", minimum=0, strict_min=True)
+    lr: float = flag(2e-3, "learning rate (a2c, ppo: at the algorithm's default batch; see --lr-scaling)",
+                     minimum=0, strict_min=True)
+    lr_scaling: str = flag(
+        "sqrt", "a2c, ppo: the learning rate for a batch bigger than the algorithm's default on 2 cores (a2c "
+        "1,024, ppo 256 env steps, all learners together): 'sqrt' multiplies --lr by the square root of how many "
+        "times bigger it is, 'none' keeps --lr", choices=("sqrt", "none"),
+    )
     entropy_coeff: float = flag(0.03, "entropy bonus coefficient", minimum=0)
     entropy_schedule: str = flag(
         "", "entropy coefficient by env steps sampled, STEPS:VALUE pairs interpolated linearly and held after "
@@ -318,6 +324,16 @@ class TrainConfig:
         chunks (docs/algorithms.md, "The batch rule")."""
         envs = max(1, self.num_env_runners) * self.num_envs_per_env_runner
         return math.ceil(envs * self.rollout_fragment_length / max(1, self.num_learners))
+
+    def learning_rate(self) -> float:
+        """The learner's learning rate: ``--lr``, times ``sqrt(batch / default batch)`` for a
+        synchronous algorithm whose batch (all learners together) is bigger than its default
+        one (``--lr-scaling sqrt``; docs/algorithms.md, "The batch rule")."""
+        if self.algo not in SYNCHRONOUS_ALGOS or self.lr_scaling == "none":
+            return self.lr
+        default_batch = TrainConfig(algo=self.algo).train_batch_size_per_learner
+        batch = self.train_batch_size_per_learner * max(1, self.num_learners)
+        return self.lr * math.sqrt(max(1.0, batch / default_batch))
 
     def validate(self) -> TrainConfig:
         hints = get_type_hints(type(self))

@@ -188,7 +188,7 @@ def build_config(cfg: TrainConfig):
         )
         .rl_module(rl_module_spec=module_spec(cfg))
         .training(
-            lr=cfg.lr,
+            lr=cfg.learning_rate(),
             gamma=cfg.gamma,
             entropy_coeff=cfg.entropy(),
             train_batch_size_per_learner=cfg.train_batch_size_per_learner,

@@ -133,6 +133,8 @@ def train(cfg: TrainConfig, *, resume_from: pathlib.Path | None = None, on_itera
     where = placement(algo)
     print(f"placement: driver on node {where['driver'][:8]}, env runners on {[n[:8] for n in where['env_runners']]}, "
           f"learners on {[n[:8] for n in where['learners']]}", flush=True)
+    print(f"batch: {cfg.train_batch_size_per_learner:,} env steps per learner and update, learning rate "
+          f"{cfg.learning_rate():.3g}", flush=True)
     earlier_seconds = 0.0
     if resume_from is not None:
         algo.restore_from_path(str(pathlib.Path(resume_from).resolve()))

@@ -130,7 +130,8 @@ def _resolve_auto(cfg: TrainConfig, cpus: float, gpus: float, *, local: bool, wh
     runners = (f"{resolved.num_env_runners} env runners x {resolved.num_envs_per_env_runner} envs"
                if resolved.num_env_runners else f"sampling on the driver ({resolved.num_envs_per_env_runner} envs)")
     print(f"--resources auto ({where}: {cpus:g} CPU, {gpus:g} GPU): {runners}, {learner}{device}, "
-          f"{resolved.train_batch_size_per_learner:,} env steps per learner and update", flush=True)
+          f"{resolved.train_batch_size_per_learner:,} env steps per learner and update, "
+          f"learning rate {resolved.learning_rate():.3g}", flush=True)
     return resolved
 
 
