@@ -40,7 +40,7 @@ def test_manual_leaves_the_flags_alone_and_auto_says_what_it_chose(capsys):
     _resolve_auto(TrainConfig(resources="auto"), 16, 1, local=True, where="this machine")
     assert capsys.readouterr().out.strip() == (
         "--resources auto (this machine: 16 CPU, 1 GPU): 15 env runners x 64 envs, the learner on the driver "
-        "on 1 GPU, 15,360 env steps per learner and update, learning rate 0.00775")  # 2e-3 x sqrt(15)
+        "on 1 GPU, 15,360 env steps per learner and update, learning rate 0.004")  # 2e-3 x min(2, sqrt(15))
 
 
 def test_the_bundles_asked_of_the_autoscaler_are_the_runs_remote_processes():

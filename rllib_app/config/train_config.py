@@ -38,6 +38,8 @@ CONTEXT_ENCODERS = ("concat", "gru", "bigru")
 ALGOS = ("a2c", "impala", "ppo", "appo")
 #: Algorithms whose iteration is one synchronous batch: their batch follows ``batch_rule``.
 SYNCHRONOUS_ALGOS = ("a2c", "ppo")
+#: The most ``--lr-scaling sqrt`` raises the learning rate (docs/algorithms.md, "The batch rule").
+MAX_LR_FACTOR = 2.0
 _DRILL_EXAMPLE = ",".join(map(str, DRILL_PATH))
 
 
@@ -243,7 +245,7 @@ class TrainConfig:
     lr_scaling: str = flag(
         "sqrt", "a2c, ppo: the learning rate for a batch bigger than the algorithm's default on 2 cores (a2c "
         "1,024, ppo 256 env steps, all learners together): 'sqrt' multiplies --lr by the square root of how many "
-        "times bigger it is, 'none' keeps --lr", choices=("sqrt", "none"),
+        "times bigger it is, at most 2, 'none' keeps --lr", choices=("sqrt", "none"),
     )
     entropy_coeff: float = flag(0.03, "entropy bonus coefficient", minimum=0)
     entropy_schedule: str = flag(
@@ -326,14 +328,14 @@ class TrainConfig:
         return math.ceil(envs * self.rollout_fragment_length / max(1, self.num_learners))
 
     def learning_rate(self) -> float:
-        """The learner's learning rate: ``--lr``, times ``sqrt(batch / default batch)`` for a
-        synchronous algorithm whose batch (all learners together) is bigger than its default
-        one (``--lr-scaling sqrt``; docs/algorithms.md, "The batch rule")."""
+        """The learner's learning rate: ``--lr``, times ``sqrt(batch / default batch)`` (at most
+        ``MAX_LR_FACTOR``) for a synchronous algorithm whose batch (all learners together) is
+        bigger than its default one (``--lr-scaling sqrt``; docs/algorithms.md, "The batch rule")."""
         if self.algo not in SYNCHRONOUS_ALGOS or self.lr_scaling == "none":
             return self.lr
         default_batch = TrainConfig(algo=self.algo).train_batch_size_per_learner
         batch = self.train_batch_size_per_learner * max(1, self.num_learners)
-        return self.lr * math.sqrt(max(1.0, batch / default_batch))
+        return self.lr * min(MAX_LR_FACTOR, math.sqrt(max(1.0, batch / default_batch)))
 
     def validate(self) -> TrainConfig:
         hints = get_type_hints(type(self))
