@@ -280,13 +280,14 @@ def test_the_learner_settings_are_what_a_machine_hosts():
 
 
 @pytest.mark.integration
-def test_the_learner_bench_times_two_cpu_learners_sharing_the_batch(local_ray, tmp_path):
+@pytest.mark.parametrize("algo", ["a2c", "impala"])
+def test_the_learner_bench_times_two_cpu_learners_sharing_the_batch(local_ray, tmp_path, algo):
     """The learner bench's DDP row: RLlib's LearnerGroup splits the sampled batch between two
     remote learners; each takes its share (the batch rule per learner) and the timing counts
     the whole batch."""
     from rllib_app.experiments.learner_speed import learner_config, time_learner
 
-    cfg = learner_config("a2c", 512, "cpu", 0, tmp_path, learners=2)
+    cfg = learner_config(algo, 512, "cpu", 0, tmp_path, learners=2)
     assert cfg.num_learners == 2 and cfg.train_batch_size_per_learner == 256
     row = time_learner(cfg, updates=2, warmup=1)
     assert row["env_steps_per_update"] >= 512 and row["updates"] == 2

@@ -65,7 +65,9 @@ def time_learner(cfg: TrainConfig, updates: int, warmup: int) -> dict[str, Any]:
         episodes = runner.sample(num_timesteps=cfg.train_batch_size_per_learner * learners, random_actions=False)
         env_steps = sum(len(e) for e in episodes)
         group = algo.learner_group
-        minibatch = cfg.train_batch_size_per_learner if cfg.algo == "a2c" else None
+        # A2C's training step passes its batch size; IMPALA's learner takes what it is given,
+        # except that RLlib's split between remote learners needs a size: one share each
+        minibatch = cfg.train_batch_size_per_learner if cfg.algo == "a2c" or not group.is_local else None
 
         def update(i: int) -> None:
             timesteps = {NUM_ENV_STEPS_SAMPLED_LIFETIME: (i + 1) * env_steps}
