@@ -301,9 +301,11 @@ class ToolAgentGRUModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, Infe
         # Rows sorted longest first, so the rows still running at step t are a prefix and the
         # GRU steps only those: a learner batch is mostly zero padding (one episode chunk per
         # row of max_seq_len), and the recurrence is causal, so real steps are unchanged.
-        # A finished row keeps its last real state; its padded steps are masked out of every loss.
+        # Padded steps are masked out of every loss.
         order, active = _active_prefix(real, B, T)
-        # learner batches (they carry seq_lens): the packed recurrence, its backward written out
+        # learner batches (they carry seq_lens): the packed recurrence, its backward written
+        # out (padded steps' features are zeros); else the cell step by step, where a finished
+        # row keeps its last real state
         if real is not None and not self._attention and not late_starts:
             features, h = _packed_unroll(net.gru, step_inputs, h, real, order, active)
             return features, {"h": h}, mask

@@ -19,6 +19,8 @@ values and gradients are the cell's (``tests/test_packed_gru.py``, in float64).
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 
@@ -31,10 +33,15 @@ def packed_gru(gi: torch.Tensor, h0: torch.Tensor, weight_hh: torch.Tensor, bias
     if not active:
         return out, h0
     # each row's final state: its output at its last step
-    starts = torch.tensor([0] + active[:-1]).cumsum(0)
+    starts = torch.tensor(_step_starts(active))
     steps_of_row = (torch.tensor(active)[:, None] > torch.arange(active[0])[None, :]).sum(0)  # [rows that step]
     last = (starts[steps_of_row - 1] + torch.arange(active[0])).to(out.device)
     return out, torch.cat([out[last], h0[active[0]:]])
+
+
+def _step_starts(active: list[int]) -> list[int]:
+    """Where each step's rows begin in the packed order."""
+    return [0, *itertools.accumulate(active[:-1])]
 
 
 class _PackedGRU(torch.autograd.Function):
@@ -71,9 +78,7 @@ class _PackedGRU(torch.autograd.Function):
         N = rz_all.shape[0]
         d_gi = grad_out.new_empty(N, 3 * H)
         d_gh = grad_out.new_empty(N, 3 * H)
-        starts = [0]
-        for n in active[:-1]:
-            starts.append(starts[-1] + n)
+        starts = _step_starts(active)
         # the gradient reaching the state after step t from step t + 1 (its rows: a prefix)
         dh = grad_out.new_zeros(0, H)
         for t in range(len(active) - 1, -1, -1):
